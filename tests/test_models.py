@@ -109,8 +109,8 @@ def test_no_batch_dependent_or_random_layers(name: str) -> None:
 
 
 def test_mlp_activation_option() -> None:
-    relu = build_model("mlp", (4,), 3, hidden=(8, 8), seed=0)
-    tanh = build_model("mlp", (4,), 3, hidden=(8, 8), seed=0, activation="tanh")
+    relu = build_model("mlp", (4,), 3, hidden=(8, 8), seed=0, activation="relu")
+    tanh = build_model("mlp", (4,), 3, hidden=(8, 8), seed=0)
     assert sum(isinstance(m, nn.ReLU) for m in relu.modules()) == 2
     assert sum(isinstance(m, nn.Tanh) for m in tanh.modules()) == 2
     assert not any(isinstance(m, nn.ReLU) for m in tanh.modules())
@@ -122,7 +122,8 @@ def test_mlp_activation_option() -> None:
         ("logreg", (30,), {"hidden": (64,)}, {"name", "input_shape", "n_classes", "seed"}),
         ("mlp", (30,), {"hidden": (16, 8), "activation": "tanh"},
          {"name", "input_shape", "n_classes", "seed", "hidden", "activation"}),
-        ("cnn", (1, 8, 8), {"channels": (4, 8)}, {"name", "input_shape", "n_classes", "seed", "channels"}),
+        ("cnn", (1, 8, 8), {"channels": (4, 8)},
+         {"name", "input_shape", "n_classes", "seed", "channels", "activation"}),
     ],
 )
 def test_describe_model_round_trips_through_json(name, shape, options, keys) -> None:
@@ -140,7 +141,7 @@ def test_describe_model_round_trips_through_json(name, shape, options, keys) -> 
 def test_describe_model_fills_defaults() -> None:
     assert describe_model("mlp", (64,), 10) == {
         "name": "mlp", "input_shape": [64], "n_classes": 10, "seed": None,
-        "hidden": [32], "activation": "relu",
+        "hidden": [32], "activation": "tanh",
     }
 
 

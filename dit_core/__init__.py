@@ -1,0 +1,47 @@
+"""DIT — Dynamic Influence Tracker: time-varying training-sample influence.
+
+Record a PyTorch training run exactly, compute how much each training sample
+influenced a query (by default the mean validation loss) during every part of
+training, and validate it against exact counterfactual replay.
+
+Sign convention: **positive influence = removing the sample would raise the query**.
+For a loss query, positive means the sample helped and negative means it hurt.
+"""
+
+__version__ = "0.1.0"
+
+from .config import TrainConfig  # noqa: E402
+from .errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    DITError,
+    FormatVersionError,
+    InfluenceNotComputedError,
+    ModelError,
+    RunExistsError,
+    RunIncompleteError,
+    RunNotFoundError,
+    TrainingDivergedError,
+)
+from .record import record  # noqa: E402
+from .run import Run, load_run  # noqa: E402
+from .sweep import compute  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "TrainConfig",
+    "record",
+    "compute",
+    "load_run",
+    "Run",
+    "DITError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "TrainingDivergedError",
+    "RunNotFoundError",
+    "RunIncompleteError",
+    "FormatVersionError",
+    "InfluenceNotComputedError",
+    "RunExistsError",
+]

@@ -1,0 +1,95 @@
+"""Atomic file writes and safe loads for run directories (JSON, .npy, Parquet; no pickle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+FORMAT_NAME = "dit-run"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SIGN_CONVENTION = (
+    "positive = removing the sample would raise the query; for a loss query, "
+    "positive means the sample helped and negative means it hurt"
+)
+
+
+def _tmp_path(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_npy(path: Path, mmap: bool = True) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def open_npy_for_writing(path: Path, shape: tuple[int, ...], dtype: Any) -> tuple[np.memmap, Path]:
+    """A writable .npy memmap at a temporary name; call ``commit_npy`` to publish it."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+    return arr, tmp
+
+
+def commit_npy(arr: np.memmap, tmp: Path, path: Path) -> None:
+    arr.flush()
+    del arr
+    os.replace(tmp, path)
+
+
+def save_parquet(path: Path, df: pd.DataFrame) -> None:
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_parquet(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)

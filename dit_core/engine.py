@@ -1,0 +1,160 @@
+"""A recorded run made executable again: model, data, optimizer and trajectory on a device.
+
+Shared by the influence sweep and by counterfactual replay, so that both replay the
+recorded training with exactly the code that recorded it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.func import grad
+
+from ._functional import FunctionalModel, LossFn, torch_dtype
+from ._io import load_npy
+from ._modelspec import build_from_description, check_param_layout
+from .errors import ConfigError, RunIncompleteError
+from .optim import OptimizerSpec, step as optimizer_step
+from .run import Run
+
+
+def _spec_from_manifest(run: Run) -> OptimizerSpec:
+    return OptimizerSpec.from_config(run.config)
+
+
+class Engine:
+    """Model + data + optimizer of a run, ready to take exactly the recorded steps."""
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        model: torch.nn.Module | None = None,
+        loss_fn: LossFn | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+    ):
+        self.run = run
+        m = run.manifest
+        if model is None:
+            model = build_from_description(m["model"])
+        if loss_fn is None and m["loss"].get("kind") == "user":
+            raise ConfigError(
+                f"this run was recorded with a custom loss ({m['loss'].get('name')}); pass loss_fn=... (the same function)"
+            )
+        device = device or run.config.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
+        self.device = torch.device(device)
+        self.dtype_name = dtype or run.config.dtype
+        self.dtype = torch_dtype(self.dtype_name)
+        self.fm = FunctionalModel(model, loss_fn, self.dtype, self.device)
+        check_param_layout(m["params"], self.fm.describe_params())
+        self.spec = _spec_from_manifest(run)
+        self.lrs = run.learning_rates
+        self.Xt = torch.as_tensor(np.array(run.X_train), dtype=self.dtype, device=self.device)
+        self.yt = self._labels(run.y_train)
+        self.Xv = torch.as_tensor(np.array(run.X_val), dtype=self.dtype, device=self.device)
+        self.yv = self._labels(run.y_val)
+        self.grad_fn = grad(self.fm.batch_loss_aux, has_aux=True)
+        self.n_state = self.spec.state_size(self.fm.n_params)
+        tdir = run.path / "trajectory"
+        if not (tdir / "params.npy").exists():
+            raise RunIncompleteError(
+                f"{run.path} has no stored trajectory (trajectory/params.npy): it was saved without it "
+                "(e.g. a bundled sample run), so influence and replay cannot be recomputed for it"
+            )
+        self.rows = np.asarray(load_npy(tdir / "steps.npy", mmap=False), dtype=np.int64)
+        self.params = load_npy(tdir / "params.npy")
+        self.states = load_npy(tdir / "state.npy") if self.n_state else None
+        self.row_of = {int(s): i for i, s in enumerate(self.rows)}
+
+    def _labels(self, y: np.ndarray) -> torch.Tensor:
+        y = np.asarray(y)
+        if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+            return torch.as_tensor(y.astype(np.int64), device=self.device)
+        return torch.as_tensor(y, dtype=self.dtype, device=self.device)
+
+    # ------------------------------------------------------------------ stored states
+    def stored(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self.row_of[t]
+        theta = torch.as_tensor(np.array(self.params[i]), dtype=self.dtype, device=self.device)
+        if self.n_state:
+            state = torch.as_tensor(np.array(self.states[i]), dtype=self.dtype, device=self.device)
+        else:
+            state = theta.new_zeros(0)
+        return theta, state
+
+    @property
+    def theta0(self) -> torch.Tensor:
+        return self.stored(0)[0]
+
+    # ------------------------------------------------------------------ one step
+    def batch(self, t: int):
+        ids_np = self.run.batch(t)
+        ids = torch.as_tensor(np.array(ids_np), device=self.device)
+        return ids_np, self.Xt[ids], self.yt[ids]
+
+    def gradient(self, theta, Xb, yb):
+        ones = torch.ones(Xb.shape[0], dtype=self.dtype, device=self.device)
+        return self.grad_fn(theta, Xb, yb, ones, Xb.shape[0])[0]
+
+    def train_step(self, theta, state, t):
+        """Exactly the recorded step t: returns (theta', state', mean gradient at theta)."""
+        _, Xb, yb = self.batch(t)
+        g = self.gradient(theta, Xb, yb)
+        new_theta, new_state = optimizer_step(self.spec, theta, state, g, float(self.lrs[t]), t)
+        return new_theta, new_state, g
+
+
+class SegmentReplayer:
+    """Yields (theta_t, state_t, grad_t or None) for descending t, replaying between stored rows.
+
+    In full-trajectory mode every step is stored and nothing is replayed. In checkpoint
+    mode, each segment between two stored rows is replayed exactly once and the replayed
+    end point is compared with the stored one; ``max_deviation`` reports the worst
+    relative difference seen.
+    """
+
+    def __init__(self, engine: Engine, tolerance: float | None = None):
+        self.e = engine
+        self.full = len(engine.rows) == engine.run.n_steps + 1
+        self.lo = self.hi = None
+        self.cache: dict[int, tuple] = {}
+        self.max_deviation = 0.0
+        self.tolerance = tolerance if tolerance is not None else (1e-4 if engine.dtype == torch.float32 else 1e-9)
+
+    def theta_at(self, t: int) -> torch.Tensor:
+        if t in self.e.row_of:
+            return self.e.stored(t)[0]
+        self._load(t)
+        return self.cache[t][0]
+
+    def step_data(self, t: int):
+        if self.full:
+            theta, state = self.e.stored(t)
+            return theta, state, None
+        self._load(t)
+        return self.cache[t]
+
+    def _load(self, t: int) -> None:
+        if self.lo is not None and self.lo <= t < self.hi:
+            return
+        i = int(np.searchsorted(self.e.rows, t, side="right") - 1)
+        lo, hi = int(self.e.rows[i]), int(self.e.rows[i + 1])
+        theta, state = self.e.stored(lo)
+        cache = {}
+        for s in range(lo, hi):
+            new_theta, new_state, g = self.e.train_step(theta, state, s)
+            cache[s] = (theta, state, g)
+            theta, state = new_theta, new_state
+        ref, _ = self.e.stored(hi)
+        dev = float((theta - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        self.max_deviation = max(self.max_deviation, dev)
+        if dev > self.tolerance:
+            raise RunIncompleteError(
+                f"exact replay of steps [{lo}, {hi}) does not reproduce the stored checkpoint at step {hi} "
+                f"(relative deviation {dev:.3g} > {self.tolerance:g}); the run's trajectory is damaged or was "
+                "recorded with a different model/loss/device"
+            )
+        self.cache, self.lo, self.hi = cache, lo, hi

@@ -1,0 +1,241 @@
+"""The one-sweep influence computation: ``compute(run_dir, checkpoints, queries)``.
+
+One reverse pass over the recorded steps carries the adjoints of all checkpoints (and
+queries) at once, as columns of a matrix. Per step t, for the active columns A:
+
+1. through the optimizer step's vector-Jacobian product, the adjoint gives the
+   gradient-space cotangent U = (∂step/∂ḡ)ᵀ A (for plain SGD, U = -η A);
+2. one forward-over-reverse pass, ``jvp`` of ``(∇ batch loss, per-sample losses)``
+   along each column of U (vmapped), returns both the Hessian-vector products H U and
+   the per-sample directional derivatives ⟨∇ℓ_j, U⟩ — no per-sample gradient is formed;
+3. sample j's contribution is ``-⟨∇ℓ_j, U⟩ / |S_t|``, and the adjoint moves to
+   ``(∂step/∂θ)ᵀ A + H U``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.func import grad, jvp, vjp, vmap
+
+from ._io import commit_npy, open_npy_for_writing, save_npy, write_json
+from ._progress import progress_bar
+from .engine import Engine, SegmentReplayer
+from .errors import ConfigError, RunExistsError
+from .optim import step as optimizer_step
+from .queries import parse_query, query_function
+from .run import INFLUENCE_DIR, INFLUENCE_MANIFEST, Run, load_run
+
+
+def resolve_checkpoints(run: Run, checkpoints) -> np.ndarray:
+    """``"epochs"`` (end of every epoch), ``"final"``, or a sequence of steps; n_steps is always included."""
+    T = run.n_steps
+    if isinstance(checkpoints, str):
+        if checkpoints == "epochs":
+            cps = run.epoch_end_steps
+        elif checkpoints == "final":
+            cps = np.array([T])
+        else:
+            raise ConfigError(f"checkpoints={checkpoints!r}: use 'epochs', 'final' or a list of step indices")
+    else:
+        try:
+            cps = np.asarray(list(checkpoints), dtype=np.int64)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"checkpoints must be 'epochs', 'final' or a list of integer steps, got {checkpoints!r}") from exc
+        bad = cps[(cps < 1) | (cps > T)]
+        if len(bad):
+            raise ConfigError(f"checkpoint steps must lie in [1, n_steps={T}]; got {bad.tolist()}")
+    cps = np.unique(np.append(cps, T)).astype(np.int64)
+    return cps
+
+
+def _per_sample_grad_norm2(engine: Engine, theta: torch.Tensor, chunk: int = 512) -> np.ndarray:
+    fm = engine.fm
+
+    def one(th, x, y):
+        return fm.losses(th, x[None], y[None])[0]
+
+    g1 = vmap(grad(one), in_dims=(None, 0, 0))
+    out = []
+    for i in range(0, engine.Xt.shape[0], chunk):
+        gi = g1(theta, engine.Xt[i : i + chunk], engine.yt[i : i + chunk])
+        out.append((gi * gi).sum(dim=1).detach().cpu().numpy())
+    return np.concatenate(out)
+
+
+def compute(
+    run_dir: str | os.PathLike,
+    checkpoints: str | Sequence[int] = "epochs",
+    queries: Sequence[str] = ("val_loss",),
+    *,
+    model: torch.nn.Module | None = None,
+    loss_fn=None,
+    device: str | None = None,
+    self_influence: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Run:
+    """Compute the contribution tensor of a recorded run in one reverse sweep.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory written by :func:`dit_core.record` (with its trajectory).
+    checkpoints : "epochs" (default), "final", or a sequence of steps
+        The steps c_k at which the query is measured. ``n_steps`` is always included.
+    queries : sequence of str
+        See :mod:`dit_core.queries`: ``"val_loss"`` (default), ``"class_loss=C"``,
+        ``"test_loss=I"``, ``"test_logit=I[:C]"``.
+    model, loss_fn : optional
+        Needed only when the run was recorded with a user model or loss that DIT cannot
+        rebuild from its manifest.
+    device : str, optional
+        Where to run the sweep (default: the run's device).
+    self_influence : bool
+        Also store each sample's squared gradient norm at every checkpoint (TracIn
+        self-influence signal).
+    overwrite : bool
+        Replace influence computed earlier with other checkpoints or queries.
+
+    Returns
+    -------
+    Run
+        The reopened run, with ``window_influence`` etc. available. Sign: positive =
+        removing the sample raises the query.
+    """
+    run = load_run(run_dir)
+    cps = resolve_checkpoints(run, checkpoints)
+    qs = [parse_query(q) for q in (queries if not isinstance(queries, str) else [queries])]
+    if not qs:
+        raise ConfigError("queries must name at least one query, e.g. ('val_loss',)")
+    if len({q.name for q in qs}) != len(qs):
+        raise ConfigError(f"queries contains duplicates: {[q.name for q in qs]}")
+    if run.has_influence and not overwrite:
+        old = run.influence_manifest
+        same = list(old["checkpoints"]) == cps.tolist() and [q["query"] for q in old["queries"]] == [q.name for q in qs]
+        if same:
+            return run
+        raise RunExistsError(
+            f"{run.path} already has influence for checkpoints {_brief(old['checkpoints'])} and queries "
+            f"{[q['query'] for q in old['queries']]}; you asked for checkpoints {_brief(cps.tolist())} and queries "
+            f"{[q.name for q in qs]}. Pass overwrite=True (CLI: --overwrite) to replace it."
+        )
+
+    engine = Engine(run, model=model, loss_fn=loss_fn, device=device)
+    fm, spec = engine.fm, engine.spec
+    T, n, E, P = run.n_steps, run.n_train, run.n_epochs, fm.n_params
+    S = engine.n_state
+    K, Q = len(cps), len(qs)
+    qfuns = [query_function(q, fm, engine.Xv, engine.yv) for q in qs]
+    qgrads = [grad(f) for f in qfuns]
+    replayer = SegmentReplayer(engine)
+    plain_sgd = spec.name == "sgd" and spec.momentum == 0 and spec.weight_decay == 0
+
+    idir = run.path / INFLUENCE_DIR
+    work = run.path / f".influence.partial-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    try:
+        np_dtype = np.float32
+        outs = [open_npy_for_writing(work / f"{q.file_stem}.npy", (K, n, E), np_dtype) for q in qs]
+        for arr, _ in outs:
+            arr[:] = 0
+        A_theta = torch.zeros(K * Q, P, dtype=fm.dtype, device=engine.device)
+        A_state = torch.zeros(K * Q, S, dtype=fm.dtype, device=engine.device)
+        query_values = np.full((Q, K), np.nan)
+        grad_norm2 = np.full((n, K), np.nan, dtype=np.float32) if self_influence else None
+        epoch_of_step = np.arange(T) // run.steps_per_epoch
+
+        k0 = K
+        started = time.perf_counter()
+        bar = progress_bar(total=T, desc="influence sweep", disable=not progress, unit="step")
+        for t in range(T - 1, -1, -1):
+            while k0 > 0 and cps[k0 - 1] == t + 1:
+                k0 -= 1
+                theta_c = replayer.theta_at(t + 1)
+                for q in range(Q):
+                    A_theta[k0 * Q + q] = qgrads[q](theta_c).detach()
+                    query_values[q, k0] = float(qfuns[q](theta_c))
+                if grad_norm2 is not None:
+                    grad_norm2[:, k0] = _per_sample_grad_norm2(engine, theta_c)
+            theta, state, g = replayer.step_data(t)
+            ids_np, Xb, yb = engine.batch(t)
+            B = len(ids_np)
+            lr = float(engine.lrs[t])
+            act = slice(k0 * Q, K * Q)
+            a_theta, a_state = A_theta[act], A_state[act]
+            if plain_sgd:
+                U, v_theta, v_state = -lr * a_theta, a_theta, a_state
+            else:
+                if g is None:
+                    g = engine.gradient(theta, Xb, yb) if not spec.is_linear else torch.zeros_like(theta)
+
+                def step_fn(th, st, gg, _t=t, _lr=lr):
+                    return optimizer_step(spec, th, st, gg, _lr, _t)
+
+                _, vjp_fn = vjp(step_fn, theta, state, g)
+                v_theta, v_state, U = vmap(vjp_fn)((a_theta, a_state))
+
+            ones = torch.ones(B, dtype=fm.dtype, device=engine.device)
+
+            def F(th):
+                gr, (losses, _out) = engine.grad_fn(th, Xb, yb, ones, B)
+                return gr, losses
+
+            def tangent(u):
+                return jvp(F, (theta,), (u,))[1]
+
+            HU, JU = vmap(tangent)(U)
+            contrib = (-JU / B).reshape(K - k0, Q, B).detach().cpu().numpy()
+            e = int(epoch_of_step[t])
+            for q, (arr, _) in enumerate(outs):
+                arr[k0:, ids_np, e] = contrib[:, q, :]
+            A_theta[act] = v_theta + HU
+            A_state[act] = v_state
+            bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - started
+
+        for q, (arr, tmp) in zip(qs, outs):
+            commit_npy(arr, tmp, work / f"{q.file_stem}.npy")
+        manifest = {
+            "complete": True,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "checkpoints": cps.tolist(),
+            "queries": [{"query": q.name, "file": f"{q.file_stem}.npy"} for q in qs],
+            "layout": "(checkpoint, sample, epoch)",
+            "query_values": {q.name: query_values[i].tolist() for i, q in enumerate(qs)},
+            "sweep_seconds": seconds,
+            "device": str(engine.device),
+            "dtype": engine.dtype_name,
+            "replay_max_relative_deviation": replayer.max_deviation,
+            "sign_convention": run.manifest["sign_convention"],
+        }
+        if grad_norm2 is not None:
+            save_npy(work / "grad_norm2.npy", grad_norm2)
+            manifest["grad_norm2_file"] = "grad_norm2.npy"
+            manifest["checkpoint_lrs"] = [float(engine.lrs[c - 1]) for c in cps]
+        write_json(work / INFLUENCE_MANIFEST, manifest)
+        if idir.exists():
+            old = run.path / f".influence.old-{uuid.uuid4().hex[:8]}"
+            os.replace(idir, old)
+            os.replace(work, idir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, idir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return load_run(run.path)
+
+
+def _brief(c) -> str:
+    c = list(c)
+    return str(c) if len(c) <= 6 else f"[{c[0]}, {c[1]}, ..., {c[-1]}] ({len(c)})"
