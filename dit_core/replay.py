@@ -5,11 +5,21 @@ same minibatches, same learning rates, same optimizer — once per chosen sample
 sample's term dropped from every minibatch in steps [start, stop) (the divisor |S_t| is
 unchanged), and records the queries at every checkpoint. Several samples are replayed
 together as one vectorised batch of models (``torch.func.vmap``), beside an unmodified
-baseline replica; the influence is the difference to that baseline.
+baseline replica; the influence is the difference to that replica, so any rounding
+difference between vectorised and recorded arithmetic cancels.
+
+Nothing changes before a sample is first dropped, so each batch of replays starts from
+the recorded parameters at the last stored step at or before the earliest first removal
+in the batch (samples are grouped by first removal). A sample that is never used inside
+the window has influence exactly 0 and is not replayed.
+
+Sign convention: positive influence = removing the sample raised the query; for a loss
+query positive means the sample helped, negative means it hurt.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +30,7 @@ import torch
 from torch.func import vmap
 
 from ._progress import progress_bar
-from .engine import Engine
+from .engine import Engine, SegmentReplayer
 from .errors import ConfigError
 from .optim import step as optimizer_step
 from .queries import parse_query, query_function
@@ -40,15 +50,26 @@ class ReplayResult:
     checkpoints : ndarray (K,)
     queries : list of str
     values : ndarray (m, K, Q)
-        The query at each checkpoint with the sample removed in the window.
+        The query at each checkpoint with the sample removed in the window
+        (``baseline + (replica with removal − unmodified replica)``).
     baseline : ndarray (K, Q)
-        The query at each checkpoint in the unmodified replay.
+        The query at each checkpoint of the recorded run.
     influence : ndarray (m, K, Q)
-        ``values - baseline``. Positive = removing the sample raised the query.
+        ``values - baseline``. Positive = removing the sample raised the query (for a
+        loss: the sample helped); negative = it hurt. Exactly 0 at checkpoints at or
+        before the sample's first removal.
     trajectory_deviation : float
-        Largest relative difference between the unmodified replay's parameters and the
-        recorded ones, over the stored steps (0 when the replay is bit-exact).
+        Largest relative difference ``max|θ_replay − θ_recorded| / max|θ_recorded|``
+        between the unmodified replica and the recorded parameters, over every stored
+        step the replay passed (0 when the replay is bit-exact).
+    first_removal : ndarray (m,)
+        The first step in [start, stop) at which each sample's term is dropped; -1 if the
+        sample is never used in the window (its influence is 0 and it was not replayed).
     seconds : float
+        Wall time of the replay.
+    replayed_steps : int
+        Steps taken by all vectorised batches together (a batch of up to ``chunk``
+        replays counts once per step).
     """
 
     sample_ids: np.ndarray
@@ -60,16 +81,67 @@ class ReplayResult:
     baseline: np.ndarray
     trajectory_deviation: float
     seconds: float
+    first_removal: np.ndarray | None = None
+    replayed_steps: int = 0
     influence: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.influence = self.values - self.baseline[None]
 
     def at(self, checkpoint: int | None = None, query: str | None = None) -> np.ndarray:
-        """Influence of each replayed sample at one checkpoint (default: last), (m,)."""
-        k = len(self.checkpoints) - 1 if checkpoint is None else int(np.flatnonzero(self.checkpoints == checkpoint)[0])
-        q = 0 if query is None else self.queries.index(parse_query(query).name)
+        """Influence of each replayed sample at one checkpoint (default: last), shape (m,)."""
+        if checkpoint is None:
+            k = len(self.checkpoints) - 1
+        else:
+            hits = np.flatnonzero(self.checkpoints == int(checkpoint))
+            if len(hits) == 0:
+                raise ConfigError(f"checkpoint={checkpoint} was not replayed; replayed checkpoints are {self.checkpoints.tolist()}")
+            k = int(hits[0])
+        if query is None:
+            q = 0
+        else:
+            name = parse_query(query).name
+            if name not in self.queries:
+                raise ConfigError(f"query {name!r} was not replayed; replayed queries are {self.queries}")
+            q = self.queries.index(name)
         return self.influence[:, k, q]
+
+
+def _check_ids(sample_ids, n_train: int) -> np.ndarray:
+    if isinstance(sample_ids, (str, bytes)):
+        raise ConfigError(f"sample_ids must be a sequence of integer sample ids, got {sample_ids!r}")
+    try:
+        raw = list(np.asarray(sample_ids).reshape(-1)) if isinstance(sample_ids, np.ndarray) else list(sample_ids)
+    except TypeError as exc:
+        raise ConfigError(f"sample_ids must be a sequence of integer sample ids, got {sample_ids!r}") from exc
+    if len(raw) == 0:
+        raise ConfigError("sample_ids is empty: give at least one training sample id")
+    bad_type = [x for x in raw if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral)]
+    if bad_type:
+        raise ConfigError(f"sample_ids must be integers; got {bad_type[:5]!r}")
+    ids = np.asarray([int(x) for x in raw], dtype=np.int64)
+    bad = ids[(ids < 0) | (ids >= n_train)]
+    if len(bad):
+        raise ConfigError(f"sample ids {bad[:5].tolist()} are out of range: the run has n_train = {n_train} (ids 0..{n_train - 1})")
+    return ids
+
+
+def _first_removal(run: Run, ids: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """First step in [start, stop) whose minibatch holds each sample, -1 if none."""
+    first = np.full(len(ids), -1, dtype=np.int64)
+    todo = {int(j) for j in ids}
+    found: dict[int, int] = {}
+    for t in range(start, stop):
+        if not todo:
+            break
+        for j in run.batch(t):
+            j = int(j)
+            if j in todo:
+                found[j] = t
+                todo.discard(j)
+    for i, j in enumerate(ids):
+        first[i] = found.get(int(j), -1)
+    return first
 
 
 def replay(
@@ -94,23 +166,37 @@ def replay(
     run_dir : path or Run
         A run with its trajectory (``dit train`` / :func:`dit_core.record`).
     sample_ids : sequence of int
-        Training samples to remove, one replay each.
+        Training samples to remove, one replay each (m ids; repeats are allowed).
     start, stop : int
-        Steps during which the sample is removed (default: the whole run).
+        Steps during which the sample is removed, ``0 <= start < stop <= n_steps``
+        (default: the whole run).
     queries : sequence of str, optional
         Default: the run's computed queries, else ``("val_loss",)``.
     checkpoints : optional
         Default: the run's influence checkpoints, else the end of every epoch.
+    model, loss_fn : optional
+        Needed only for runs recorded with a user model or loss DIT cannot rebuild.
+    device : str, optional
+        Default: the run's device.
     chunk : int
         How many replays run together as one vectorised batch.
     keep : float
         The weight the sample keeps in the window: 0 removes it (default). A value close
         to 1, ``1 - eps``, gives ``eps`` times the derivative that the first-order sweep
         estimates — a finite-difference check of the sweep itself.
+    progress : bool
+        Show a progress bar.
 
     Returns
     -------
     ReplayResult
+        ``influence`` (m, K, Q); positive = removing the sample raised the query.
+
+    Notes
+    -----
+    Cost: each vectorised batch replays from its start step to ``n_steps``; one replay
+    costs at most one training run, and a batch of ``chunk`` replays usually much less
+    per sample.
     """
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     T = run.n_steps
@@ -118,53 +204,71 @@ def replay(
     start = int(start)
     if not 0 <= start < stop <= T:
         raise ConfigError(f"window [{start}, {stop}) must satisfy 0 <= start < stop <= n_steps = {T}")
-    ids = np.asarray(list(sample_ids), dtype=np.int64)
-    if ids.ndim != 1 or len(ids) == 0:
-        raise ConfigError("sample_ids must be a non-empty list of training sample ids")
-    bad = ids[(ids < 0) | (ids >= run.n_train)]
-    if len(bad):
-        raise ConfigError(f"sample ids {bad[:5].tolist()} are out of range: the run has n_train = {run.n_train}")
-    if chunk < 1:
-        raise ConfigError(f"chunk={chunk} must be >= 1")
+    ids = _check_ids(sample_ids, run.n_train)
+    if not isinstance(chunk, numbers.Integral) or chunk < 1:
+        raise ConfigError(f"chunk={chunk} must be an integer >= 1")
+    if not np.isfinite(keep):
+        raise ConfigError(f"keep={keep} must be a finite number (0 removes the sample)")
     if checkpoints is None:
         checkpoints = run.checkpoints.tolist() if run.has_influence else "epochs"
     cps = resolve_checkpoints(run, checkpoints)
     if queries is None:
         queries = run.queries or ["val_loss"]
+    if isinstance(queries, str):
+        queries = [queries]
     qs = [parse_query(q) for q in queries]
+    if not qs:
+        raise ConfigError("queries must name at least one query, e.g. ('val_loss',)")
 
+    began = time.perf_counter()
     engine = Engine(run, model=model, loss_fn=loss_fn, device=device)
     fm, spec = engine.fm, engine.spec
-    qfuns = [vmap(query_function(q, fm, engine.Xv, engine.yv)) for q in qs]
+    qfuns = [query_function(q, fm, engine.Xv, engine.yv) for q in qs]
+    qfuns_batched = [vmap(f) for f in qfuns]
     batched_grad = vmap(engine.grad_fn, in_dims=(0, None, None, 0, None))
     cp_index = {int(c): k for k, c in enumerate(cps)}
     K, Q = len(cps), len(qs)
+    rows = engine.rows
 
-    values = np.empty((len(ids), K, Q))
+    # Baseline: the query at every checkpoint of the recorded run.
+    replayer = SegmentReplayer(engine)
     baseline = np.empty((K, Q))
-    deviation = 0.0
-    began = time.perf_counter()
-    chunks = [ids[i : i + chunk] for i in range(0, len(ids), chunk)]
-    bar = progress_bar(total=T * len(chunks), desc="exact replay", disable=not progress, unit="step")
-    for ci, part in enumerate(chunks):
+    with torch.no_grad():
+        for k, c in enumerate(cps):
+            theta_c = replayer.theta_at(int(c))
+            for q in range(Q):
+                baseline[k, q] = float(qfuns[q](theta_c))
+    deviation = replayer.max_deviation
+
+    first = _first_removal(run, ids, start, stop)
+    values = np.repeat(baseline[None], len(ids), axis=0)
+    todo = np.flatnonzero(first >= 0)
+    todo = todo[np.argsort(first[todo], kind="stable")]
+    chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+    begins = [int(rows[np.searchsorted(rows, first[part].min(), side="right") - 1]) for part in chunks]
+    total = sum(T - b for b in begins)
+    bar = progress_bar(total=total, desc="exact replay", disable=not progress, unit="step")
+    replayed = 0
+    for part, t0 in zip(chunks, begins):
+        part_ids = ids[part]
         R = len(part) + 1  # last replica = unmodified baseline
-        theta0, state0 = engine.stored(0)
+        theta0, state0 = engine.stored(t0)
         Theta = theta0.expand(R, -1).clone()
         State = state0.expand(R, -1).clone()
-        for t in range(T):
+        for t in range(t0, T):
             ids_np, Xb, yb = engine.batch(t)
             B = len(ids_np)
             W = torch.ones(R, B, dtype=fm.dtype, device=engine.device)
             if start <= t < stop:
-                pos = {int(j): p for p, j in enumerate(ids_np)}
-                for r, j in enumerate(part):
-                    p = pos.get(int(j))
-                    if p is not None:
-                        W[r, p] = keep
+                for r, j in enumerate(part_ids):
+                    hit = np.flatnonzero(ids_np == j)
+                    if len(hit):
+                        W[r, torch.as_tensor(hit, device=engine.device)] = keep
             G, _ = batched_grad(Theta, Xb, yb, W, B)
             lr = float(engine.lrs[t])
             Theta, State = vmap(lambda th, st, g, _t=t, _lr=lr: optimizer_step(spec, th, st, g, _lr, _t))(Theta, State, G)
-            if t + 1 in engine.row_of and ci == 0:
+            Theta, State = Theta.detach(), State.detach()
+            if t + 1 in engine.row_of:
                 ref, _ = engine.stored(t + 1)
                 dev = float((Theta[-1] - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
                 deviation = max(deviation, dev)
@@ -172,13 +276,9 @@ def replay(
                 k = cp_index[t + 1]
                 with torch.no_grad():
                     for q in range(Q):
-                        v = qfuns[q](Theta).detach().cpu().numpy().astype(np.float64)
-                        values[ci * chunk : ci * chunk + len(part), k, q] = v[:-1]
-                        if ci == 0:
-                            baseline[k, q] = v[-1]
-                        else:
-                            # every chunk replays the baseline again; keep differences consistent per chunk
-                            values[ci * chunk : ci * chunk + len(part), k, q] += baseline[k, q] - v[-1]
+                        v = qfuns_batched[q](Theta).detach().cpu().numpy().astype(np.float64)
+                        values[part, k, q] = baseline[k, q] + (v[:-1] - v[-1])
+            replayed += 1
             bar.update(1)
     bar.close()
     return ReplayResult(
@@ -191,4 +291,9 @@ def replay(
         baseline=baseline,
         trajectory_deviation=deviation,
         seconds=time.perf_counter() - began,
+        first_removal=first,
+        replayed_steps=replayed,
     )
+
+
+__all__ = ["ReplayResult", "replay"]
