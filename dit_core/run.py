@@ -424,3 +424,24 @@ def load_run(path: str | os.PathLike) -> Run:
     """
     path = Path(path)
     return Run(path, read_manifest(path))
+
+
+def strip_trajectory(path: str | os.PathLike) -> int:
+    """Delete a run's stored trajectory (parameters at every step/checkpoint) to save space.
+
+    The influence already computed stays usable; recomputing influence or replaying is no
+    longer possible. The manifest is updated first (atomically), then the files are removed.
+    Returns the number of bytes freed.
+    """
+    import shutil
+
+    from ._io import write_json
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    tdir = path / "trajectory"
+    freed = sum(f.stat().st_size for f in tdir.rglob("*") if f.is_file()) if tdir.exists() else 0
+    manifest["trajectory"] = {**manifest["trajectory"], "stored": False}
+    write_json(path / MANIFEST, manifest)
+    shutil.rmtree(tdir, ignore_errors=True)
+    return freed
