@@ -20,9 +20,20 @@ SIGN_CONVENTION = (
 )
 
 
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _tmp_path(path: Path) -> Path:
+    """A fresh temporary file beside ``path`` (same file system, so rename is atomic)."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(name, _FILE_MODE)  # mkstemp creates 0600; published files get the usual mode
     return Path(name)
 
 
