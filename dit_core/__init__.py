@@ -24,6 +24,7 @@ from .errors import (  # noqa: E402
     TrainingDivergedError,
 )
 from .record import record  # noqa: E402
+from .replay import ReplayResult, replay  # noqa: E402
 from .run import Run, load_run  # noqa: E402
 from .sweep import compute  # noqa: E402
 
@@ -33,6 +34,8 @@ __all__ = [
     "record",
     "compute",
     "load_run",
+    "replay",
+    "ReplayResult",
     "Run",
     "DITError",
     "ConfigError",
