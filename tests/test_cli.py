@@ -1,0 +1,122 @@
+"""The `dit` command line, end to end on a tiny real data set (iris)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dit_core as dit
+from dit_core.cli import main
+
+
+@pytest.fixture(scope="module")
+def iris_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "iris"
+    rc = main(
+        [
+            "train", "iris", "--model", "logreg", "--epochs", "4", "--batch-size", "16", "--lr", "0.2",
+            "--corruption", "0.1", "--out", str(out), "--compute", "--quiet", "--dtype", "float64",
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+def test_train_compute_writes_a_complete_run(iris_run: Path) -> None:
+    run = dit.load_run(iris_run)
+    assert run.n_train == 120 and run.n_val == 30
+    assert run.n_epochs == 4 and run.n_steps == 4 * 8
+    assert run.checkpoints.tolist() == [8, 16, 24, 32]
+    assert int(run.samples["is_corrupted"].sum()) == 12
+    assert (run.samples["label"] != run.samples["original_label"]).sum() == 12
+    # the full-run window influence equals the cumulative influence at the last checkpoint
+    np.testing.assert_allclose(run.window_influence(0, run.n_steps), run.influence_at(), rtol=1e-12)
+
+
+def test_info_json(iris_run: Path, capsys) -> None:
+    assert main(["info", str(iris_run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_train"] == 120
+    assert info["optimizer"]["name"] == "sgd"
+    assert info["influence"]["queries"] == ["val_loss"]
+    assert info["n_corrupted"] == 12
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".parquet"])
+def test_export_top_k(iris_run: Path, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"flags{suffix}"
+    assert main(["export", str(iris_run), "--out", str(out), "--top-k", "7", "--window", "full"]) == 0
+    df = {".csv": pd.read_csv, ".json": lambda p: pd.read_json(p, orient="records"), ".parquet": pd.read_parquet}[suffix](out)
+    assert list(df.columns) == ["sample_id", "label", "score", "rank", "window_start", "window_stop", "signal", "run_id"]
+    assert len(df) == 7 and df["rank"].tolist() == list(range(1, 8))
+    run = dit.load_run(iris_run)
+    harm = -run.window_influence(0, run.n_steps)
+    np.testing.assert_array_equal(df["sample_id"].to_numpy(), np.argsort(-harm, kind="stable")[:7])
+    np.testing.assert_allclose(df["score"].to_numpy(), np.sort(harm)[::-1][:7])
+    assert set(df["run_id"]) == {run.run_id}
+
+
+def test_export_threshold_and_window(iris_run: Path, tmp_path: Path) -> None:
+    run = dit.load_run(iris_run)
+    out = tmp_path / "flags.csv"
+    assert main(["export", str(iris_run), "--out", str(out), "--threshold", "0", "--window", "8:24"]) == 0
+    df = pd.read_csv(out)
+    harm = -run.window_influence(8, 24)
+    assert len(df) == int((harm > 0).sum())
+    assert (df["window_start"] == 8).all() and (df["window_stop"] == 24).all()
+
+
+def test_strip_keeps_influence_but_blocks_recompute(tmp_path: Path, iris_run: Path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(iris_run, copy)
+    before = dit.load_run(copy).window_influence(0, 16)
+    assert main(["strip", str(copy)]) == 0
+    run = dit.load_run(copy)
+    assert not run.has_trajectory
+    np.testing.assert_array_equal(run.window_influence(0, 16), before)
+    assert main(["compute", str(copy), "--checkpoints", "final", "--overwrite", "--quiet"]) == 2
+    assert "no stored trajectory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "mnist_please", "--out", "{tmp}/x"], "unknown data set 'mnist_please'"),
+        (["train", "iris", "--model", "resnet", "--out", "{tmp}/x"], "unknown model 'resnet'"),
+        (["train", "iris", "--model", "cnn", "--out", "{tmp}/x"], "cnn"),
+        (["train", "iris", "--lr", "-1", "--out", "{tmp}/x"], "TrainConfig.lr=-1.0"),
+        (["train", "iris", "--model", "nosuchmodule_xyz:make", "--out", "{tmp}/x"], "cannot import module 'nosuchmodule_xyz'"),
+        (["info", "{tmp}/does_not_exist"], "does not exist"),
+        (["compute", "{tmp}", "--quiet"], "no manifest.json"),
+        (["export", "{run}", "--out", "{tmp}/f.xlsx"], "suffix must be .csv, .json or .parquet"),
+        (["export", "{run}", "--out", "{tmp}/f.csv", "--window", "abc"], "--window 'abc'"),
+        (["export", "{run}", "--out", "{tmp}/f.csv", "--window", "20:10"], "window [20, 10)"),
+        (["compute", "{run}", "--checkpoints", "final", "--quiet"], "already has influence"),
+    ],
+)
+def test_errors_are_one_clear_line(argv, message, tmp_path: Path, iris_run: Path, capsys) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(iris_run)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err
+
+
+def test_train_refuses_to_overwrite(iris_run: Path, capsys) -> None:
+    assert main(["train", "iris", "--out", str(iris_run), "--epochs", "1", "--quiet"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert dit.load_run(iris_run).n_epochs == 4  # untouched
+
+
+def test_console_script_entry_point() -> None:
+    out = subprocess.run([sys.executable, "-m", "dit_core.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("train", "compute", "info", "export", "strip"):
+        assert command in out.stdout
