@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_export(sub)
     _add_strip(sub)
+    from .validate import add_cli as _add_validate
+
+    _add_validate(sub)
     return parser
 
 

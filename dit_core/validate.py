@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._io import SIGN_CONVENTION, write_json
+from ._io import SIGN_CONVENTION, _tmp_path, write_json
 from .errors import ConfigError
 from .replay import ReplayResult, replay
 from .run import Run, load_run
@@ -356,17 +355,12 @@ def _atomic_png(fig, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _tmp_path(path)
     try:
         fig.savefig(tmp, format="png", dpi=110)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a plot is meant to be shared
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _plot_file(name: str) -> str:
