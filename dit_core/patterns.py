@@ -23,12 +23,22 @@ PATTERNS = ("stable", "early influencer", "late bloomer", "fluctuating")
 _STABLE, _EARLY, _LATE, _FLUCT = PATTERNS
 
 
-def _zscore_columns(T: np.ndarray) -> np.ndarray:
-    """Per-column (per-epoch) z-score across samples; a constant column becomes 0."""
-    mean = T.mean(axis=0, keepdims=True)
+def robust_zscore_columns(T: np.ndarray) -> np.ndarray:
+    """Per-column (per-window) robust z-score across samples, (n, K) -> (n, K).
+
+    ``Z[:, k] = (T[:, k] - median_k) / scale_k`` with ``scale_k = 1.4826 * MAD_k`` (the
+    median absolute deviation, scaled to equal the standard deviation for normal data);
+    where the MAD is 0 the standard deviation is used, and a constant column becomes 0.
+    Median and MAD keep a few very influential samples from setting every other sample's
+    scale (influence is heavy-tailed).
+    """
+    T = np.asarray(T, dtype=np.float64)
+    med = np.median(T, axis=0, keepdims=True)
+    scale = 1.4826 * np.median(np.abs(T - med), axis=0, keepdims=True)
     std = T.std(axis=0, keepdims=True)
-    safe = np.where(std > 0, std, 1.0)
-    return np.where(std > 0, (T - mean) / safe, 0.0)
+    scale = np.where(scale > 0, scale, std)
+    safe = np.where(scale > 0, scale, 1.0)
+    return np.where(scale > 0, (T - med) / safe, 0.0)
 
 
 def mann_kendall(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,9 +155,12 @@ def classify_patterns(
        helped, negative = hurt for a loss query). If ``flips >= min_flips`` and
        ``flips / pairs >= flip_ratio`` (``pairs`` = number of clear entries − 1), the
        sample is fluctuating.
-    2. **Trend** — z-score every column across samples, ``Z[:, k] = (T[:, k] − mean_k) /
-       std_k`` (a constant column becomes 0), so each epoch is measured against its peers
-       regardless of how the overall influence scale shrinks or grows. Take the
+    2. **Trend** — z-score every column across samples with robust statistics,
+       ``Z[:, k] = (T[:, k] − median_k) / (1.4826 · MAD_k)`` (MAD = median absolute
+       deviation; the standard deviation where the MAD is 0; a constant column becomes 0;
+       see :func:`robust_zscore_columns`), so each epoch is measured against its peers
+       regardless of how the overall influence scale shrinks or grows, and a few extreme
+       samples do not set everyone else's scale. Take the
        magnitude ``|Z[i, :]|`` ("how unusually much does the sample matter in epoch k")
        and run the two-sided Mann–Kendall trend test on it against k (normal
        approximation with continuity and tie corrections). If ``p < alpha`` and the
@@ -184,7 +197,7 @@ def classify_patterns(
 
     out = np.full(n, _STABLE, dtype=object)
     if K >= 2:
-        _, tau, p = mann_kendall(np.abs(_zscore_columns(T)))
+        _, tau, p = mann_kendall(np.abs(robust_zscore_columns(T)))
         sig = p < alpha
         out[sig & (tau < 0)] = _EARLY
         out[sig & (tau > 0)] = _LATE
@@ -194,4 +207,4 @@ def classify_patterns(
     return out.astype(str)
 
 
-__all__ = ["PATTERNS", "classify_patterns", "mann_kendall", "sign_flips"]
+__all__ = ["PATTERNS", "classify_patterns", "mann_kendall", "robust_zscore_columns", "sign_flips"]
