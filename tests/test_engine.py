@@ -1,0 +1,633 @@
+"""Correctness of the recorder and the one-sweep influence engine.
+
+The oracle is a slow, obvious reference written here, independently of ``dit_core``'s
+engine: the run is retrained with hand-written optimizer steps, every step map
+``(θ, state) -> (θ', state')`` is linearised with explicit Jacobians
+(``torch.autograd.functional.jacobian``), and the removal of sample j is propagated
+forward, ``δ_{t+1} = J_t δ_t + e_{j,t}``. The sweep's window influences, checkpoints,
+contributions, accrued influence and trajectories must equal it to rtol 1e-6 (float64).
+A second oracle is exact counterfactual replay (``dit_core.replay``), which the first-order
+estimate must track with Pearson >= 0.99 on small real runs.
+
+Sign convention checked throughout: positive influence = removing the sample would raise
+the query.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd.functional import jacobian
+
+import dit_core as dit
+from dit_core.errors import (
+    ConfigError,
+    DataError,
+    FormatVersionError,
+    ModelError,
+    RunExistsError,
+    RunIncompleteError,
+    RunNotFoundError,
+    TrainingDivergedError,
+)
+from dit_core.models import build_model, describe_model
+
+RTOL = 1e-6
+DTYPE = torch.float64
+
+
+# ----------------------------------------------------------------------------- data
+def tiny_data(n: int = 22, n_val: int = 12, d: int = 5, n_classes: int = 3, seed: int = 0):
+    """A seeded linearly-separable-ish problem; every class appears in the validation set."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(d, n_classes))
+    X = rng.normal(size=(n + n_val, d))
+    y = np.argmax(X @ W + 0.8 * rng.normal(size=(n + n_val, n_classes)), axis=1)
+    y[n : n + n_classes] = np.arange(n_classes)
+    return (X[:n], y[:n].astype(np.int64)), (X[n:], y[n:].astype(np.int64))
+
+
+def builtin(name: str, **kw):
+    desc = describe_model(name, (5,), 3, seed=0, **kw)
+    return build_model(**desc), {"kind": "builtin", **desc}
+
+
+def record_tiny(out, model_name="mlp", *, hidden=(8,), loss_fn=None, model=None, data=None, **cfg):
+    train, val = data or tiny_data()
+    if model is None:
+        model, desc = builtin(model_name, hidden=hidden) if model_name == "mlp" else builtin(model_name)
+    else:
+        desc = None
+    theta_model = copy.deepcopy(model)
+    base = dict(epochs=4, batch_size=8, lr=0.3, dtype="float64")
+    base.update(cfg)
+    path = dit.record(
+        model, train, val, dit.TrainConfig(**base), out, loss_fn=loss_fn, model_description=desc, progress=False
+    )
+    return path, theta_model
+
+
+# ----------------------------------------------------------------------------- the reference
+class Reference:
+    """Explicit-Jacobian linearised propagation of sample removals (slow and obvious)."""
+
+    def __init__(self, run: dit.Run, model: torch.nn.Module, loss_fn=None):
+        self.run = run
+        self.model = model.to(DTYPE)
+        self.loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y, reduction="none"))
+        named = [(k, p) for k, p in self.model.named_parameters()]
+        self.names = [k for k, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.theta0 = torch.cat([p.detach().reshape(-1) for _, p in named]).to(DTYPE)
+        self.P = self.theta0.numel()
+        self.X = torch.as_tensor(np.array(run.X_train), dtype=DTYPE)
+        self.y = torch.as_tensor(np.array(run.y_train))
+        self.Xv = torch.as_tensor(np.array(run.X_val), dtype=DTYPE)
+        self.yv = torch.as_tensor(np.array(run.y_val))
+        cfg = run.config
+        self.cfg = cfg
+        if cfg.optimizer == "sgd":
+            self.S = self.P if cfg.momentum > 0 else 0
+        else:
+            self.S = 2 * self.P
+        self._linearise()
+
+    # the model as a function of the flat vector
+    def outputs(self, theta, X):
+        parts = torch.split(theta, self.numels)
+        params = {k: p.view(s) for k, p, s in zip(self.names, parts, self.shapes)}
+        return torch.func.functional_call(self.model, params, (X,))
+
+    def losses(self, theta, X, y):
+        return self.loss_fn(self.outputs(theta, X), y)
+
+    # hand-written torch.optim semantics on z = (theta, state)
+    def opt_step(self, z, g, lr, t):
+        c, P = self.cfg, self.P
+        theta = z[:P]
+        if c.optimizer == "sgd":
+            d = g + c.weight_decay * theta
+            if c.momentum == 0:
+                return theta - lr * d
+            buf = d if t == 0 else c.momentum * z[P:] + (1 - c.dampening) * d
+            direction = d + c.momentum * buf if c.nesterov else buf
+            return torch.cat([theta - lr * direction, buf])
+        m, v = z[P : 2 * P], z[2 * P :]
+        b1, b2 = c.betas
+        if c.optimizer == "adamw":
+            theta = theta * (1 - lr * c.weight_decay)
+        else:
+            g = g + c.weight_decay * theta
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        k = t + 1
+        denom = torch.sqrt(v) / math.sqrt(1 - b2**k) + c.eps
+        return torch.cat([theta - lr / (1 - b1**k) * m / denom, m, v])
+
+    def mean_grad(self, theta, ids, create_graph=False):
+        L = self.losses(theta, self.X[ids], self.y[ids]).mean()
+        return torch.autograd.grad(L, theta, create_graph=create_graph)[0]
+
+    def _linearise(self):
+        run, P = self.run, self.P
+        T = run.n_steps
+        z = torch.cat([self.theta0, torch.zeros(self.S, dtype=DTYPE)])
+        self.thetas, self.J, self.E = [z[:P]], [], []
+        for t in range(T):
+            ids = torch.as_tensor(np.array(run.batch(t)))
+            B = len(ids)
+            lr = float(run.learning_rates[t])
+            zt = z.detach()
+
+            def phi(zz, _ids=ids, _lr=lr, _t=t):
+                return self.opt_step(zz, self.mean_grad(zz[:P], _ids, create_graph=True), _lr, _t)
+
+            self.J.append(jacobian(phi, zt, vectorize=True))  # (D, D)
+            th = zt[:P].clone().requires_grad_(True)
+            gbar = self.mean_grad(th, ids).detach()
+            G = jacobian(lambda gg, _lr=lr, _t=t: self.opt_step(zt, gg, _lr, _t), gbar, vectorize=True)  # (D, P)
+            per_sample = jacobian(lambda tt, _ids=ids: self.losses(tt, self.X[_ids], self.y[_ids]), zt[:P], vectorize=True)  # (B, P)
+            self.E.append((-per_sample / B) @ G.T)  # removing j: ḡ changes by -g_j/B
+            z = self.opt_step(zt, gbar, lr, t).detach()
+            self.thetas.append(z[:P])
+
+    # queries
+    def query(self, name: str):
+        if name == "val_loss":
+            return lambda th: self.losses(th, self.Xv, self.yv).mean()
+        kind, _, arg = name.partition("=")
+        if kind == "class_loss":
+            m = self.yv == int(arg)
+            return lambda th: self.losses(th, self.Xv[m], self.yv[m]).mean()
+        i, _, cls = arg.partition(":")
+        i = int(i)
+        if kind == "test_loss":
+            return lambda th: self.losses(th, self.Xv[i : i + 1], self.yv[i : i + 1])[0]
+        c = int(cls) if cls else int(self.yv[i])
+        return lambda th: self.outputs(th, self.Xv[i : i + 1])[0, c]
+
+    def qgrad(self, name: str, c: int) -> torch.Tensor:
+        th = self.thetas[c].clone().requires_grad_(True)
+        return torch.autograd.grad(self.query(name)(th), th)[0]
+
+    def window(self, start: int, stop: int, c: int, query: str = "val_loss") -> np.ndarray:
+        """Linearised influence of removing each sample during [start, stop), measured at step c."""
+        n, D = self.run.n_train, self.P + self.S
+        delta = torch.zeros(n, D, dtype=DTYPE)
+        for t in range(c):
+            delta = delta @ self.J[t].T
+            if start <= t < stop:
+                delta[torch.as_tensor(np.array(self.run.batch(t)))] += self.E[t]
+        return (delta[:, : self.P] @ self.qgrad(query, c)).numpy()
+
+    def contributions(self, checkpoints, query: str = "val_loss") -> np.ndarray:
+        """C[j, e, k] by propagating each step's impulse forward separately, (n, E, K)."""
+        run = self.run
+        out = np.zeros((run.n_train, run.n_epochs, len(checkpoints)))
+        q = {int(c): self.qgrad(query, int(c)) for c in checkpoints}
+        kof = {int(c): k for k, c in enumerate(checkpoints)}
+        for s in range(run.n_steps):
+            ids = run.batch(s)
+            e = s // run.steps_per_epoch
+            delta = self.E[s].clone()  # δ at step s + 1
+            for t in range(s + 1, run.n_steps + 1):
+                if t in kof:
+                    out[ids, e, kof[t]] = (delta[:, : self.P] @ q[t]).numpy()
+                if t < run.n_steps:
+                    delta = delta @ self.J[t].T
+        return out
+
+
+def assert_close(actual, expected, what=""):
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    scale = float(np.abs(expected).max())
+    assert scale > 0, f"{what}: the reference is identically zero, the comparison would prove nothing"
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale, err_msg=what)
+
+
+# ----------------------------------------------------------------------------- sweep == reference
+CASES = {
+    "logreg_sgd": dict(model_name="logreg"),
+    "mlp_sgd": dict(),
+    "mlp_sgd_momentum_dampening_wd_cosine": dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01, schedule="cosine", min_lr=0.01),
+    "mlp_nesterov_wd_step": dict(lr=0.1, momentum=0.8, nesterov=True, weight_decay=0.02, schedule="step", step_every=2, step_gamma=0.5),
+    "mlp_adam_wd": dict(optimizer="adam", lr=0.03, weight_decay=0.01, betas=(0.85, 0.99)),
+    "mlp_adamw": dict(optimizer="adamw", lr=0.03, weight_decay=0.05, eps=1e-6),
+}
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory):
+    cache = {}
+
+    def get(case):
+        if case not in cache:
+            path, model = record_tiny(tmp_path_factory.mktemp(case) / "run", **CASES[case])
+            run = dit.compute(path, checkpoints="epochs", progress=False)
+            cache[case] = (run, Reference(run, model))
+        return cache[case]
+
+    return get
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sweep_equals_explicit_jacobian_reference(reference_runs, case):
+    run, ref = reference_runs(case)
+    T, spe = run.n_steps, run.steps_per_epoch
+    cps = run.checkpoints
+    assert cps.tolist() == [spe * (e + 1) for e in range(run.n_epochs)]
+    # the recorded trajectory is the hand-written optimizer's (checks the recorder too)
+    stored = np.load(run.path / "trajectory" / "params.npy", allow_pickle=False)
+    np.testing.assert_allclose(stored, torch.stack(ref.thetas).numpy(), rtol=1e-10, atol=1e-12)
+
+    # the contribution tensor, every sample, epoch and checkpoint
+    C = run.contributions("val_loss")
+    assert C.shape == (run.n_train, run.n_epochs, len(cps))
+    assert_close(C, ref.contributions(cps), f"{case}: contributions")
+
+    # windows (step-exact, inside epochs), measured at the end and at earlier checkpoints
+    for start, stop, at in [(0, T, None), (T - spe, T, None), (2, 7, 9), (2, 7, None), (0, 3, 3), (4, 5, 6)]:
+        c = T if at is None else at
+        assert_close(run.window_influence(start, stop, at=at), ref.window(start, stop, c), f"{case}: window [{start},{stop}) at {c}")
+
+    # cumulative / accrued / trajectories
+    cum_ref = np.stack([ref.window(0, c, c) for c in cps], axis=1)
+    assert_close(run.cumulative_influence(), cum_ref, f"{case}: cumulative")
+    assert_close(run.trajectories("cumulative"), cum_ref, f"{case}: cumulative trajectories")
+    assert_close(run.accrued_influence(0, cps[1]), cum_ref[:, 1], f"{case}: accrued [0, c1]")
+    assert_close(run.accrued_influence(cps[1], cps[3]), cum_ref[:, 3] - cum_ref[:, 1], f"{case}: accrued [c1, c3]")
+    assert_close(run.trajectories("accrued"), np.diff(cum_ref, axis=1, prepend=0.0), f"{case}: accrued trajectories")
+    bounds = [0, *cps.tolist()]
+    win_ref = np.stack([ref.window(bounds[k], bounds[k + 1], T) for k in range(len(cps))], axis=1)
+    assert_close(run.trajectories("window"), win_ref, f"{case}: window trajectories")
+    # the query values stored with the influence are the reference's
+    qv = run.influence_manifest["query_values"]["val_loss"]
+    np.testing.assert_allclose(qv, [float(ref.query("val_loss")(ref.thetas[c])) for c in cps], rtol=1e-10)
+
+
+def test_sweep_at_arbitrary_checkpoints_and_queries(tmp_path):
+    """Checkpoints that are not epoch ends, and all query kinds in one sweep, against the reference."""
+    path, model = record_tiny(tmp_path / "run", lr=0.1, momentum=0.9)
+    queries = ("val_loss", "class_loss=1", "test_loss=2", "test_logit=3", "test_logit=4:0")
+    run = dit.compute(path, checkpoints=[2, 5, 7], queries=queries, progress=False)
+    assert run.checkpoints.tolist() == [2, 5, 7, run.n_steps]
+    ref = Reference(run, model)
+    for q in queries:
+        assert_close(run.contributions(q), ref.contributions(run.checkpoints, q), f"contributions {q}")
+        assert_close(run.window_influence(1, 5, at=5, query=q), ref.window(1, 5, 5, q), f"window {q}")
+        assert_close(run.window_influence(3, 7, query=q), ref.window(3, 7, run.n_steps, q), f"window {q} at end")
+
+
+# ----------------------------------------------------------------------------- sweep ~ exact replay
+def digits_subset(n_train=240, seed=0):
+    from dit_core.data import load_dataset
+
+    ds = load_dataset("digits", corruption_rate=0.2, corruption_seed=seed)
+    sl = slice(0, n_train)
+    return ds, (ds.X_train[sl], ds.y_train[sl]), (ds.X_val, ds.y_val)
+
+
+@pytest.fixture(scope="module")
+def replay_runs(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            ds, train, val = digits_subset()
+            desc = describe_model(name, ds.input_shape, ds.n_classes, hidden=(16,), seed=0)
+            cfg = dit.TrainConfig(epochs=4, batch_size=16, lr=0.1, dtype="float64")
+            path = dit.record(build_model(**desc), train, val, cfg, tmp_path_factory.mktemp(name) / "run",
+                              model_description={"kind": "builtin", **desc}, progress=False)
+            cache[name] = dit.compute(path, checkpoints="epochs", progress=False)
+        return cache[name]
+
+    return get
+
+
+def pearson(a, b) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["logreg", "mlp"])
+def test_estimate_tracks_exact_replay(replay_runs, name):
+    run = replay_runs(name)
+    ids = np.arange(0, run.n_train, 4)  # 60 samples, one vectorised replay chunk
+    T, spe = run.n_steps, run.steps_per_epoch
+    full = dit.replay(run, ids, 0, T, chunk=len(ids), progress=False)
+    assert full.trajectory_deviation < 1e-12  # the baseline replay is the recorded run
+    r_full = pearson(run.window_influence(0, T)[ids], full.at())
+    last = dit.replay(run, ids, T - spe, T, chunk=len(ids), progress=False)
+    r_last = pearson(run.window_influence(T - spe, T)[ids], last.at())
+    c1, c3 = run.checkpoints[0], run.checkpoints[2]
+    r_accrued = pearson(run.accrued_influence(c1, c3)[ids], full.at(c3) - full.at(c1))
+    assert min(r_full, r_last, r_accrued) >= 0.99, (name, r_full, r_last, r_accrued)
+    # same sign and scale, not just correlated
+    est = run.window_influence(0, T)[ids]
+    slope = float(np.dot(est, full.at()) / np.dot(est, est))
+    assert 0.8 < slope < 1.25, slope
+
+
+# ----------------------------------------------------------------------------- checkpoint mode
+@pytest.mark.parametrize("opt", [dict(), dict(optimizer="adam", lr=0.03)])
+def test_checkpoint_trajectory_mode_equals_full_mode(tmp_path, opt):
+    full, _ = record_tiny(tmp_path / "full", trajectory="full", **opt)
+    ckpt, _ = record_tiny(tmp_path / "ckpt", trajectory="checkpoint", checkpoint_every=5, **opt)
+    rows = np.load(Path(ckpt) / "trajectory" / "steps.npy", allow_pickle=False)
+    assert rows.tolist() == [0, 5, 10, 12]
+    a = dit.compute(full, checkpoints="epochs", progress=False)
+    b = dit.compute(ckpt, checkpoints="epochs", progress=False)
+    assert b.manifest["trajectory"]["mode"] == "checkpoint"
+    np.testing.assert_allclose(b.contributions(), a.contributions(), rtol=0, atol=1e-12 * np.abs(a.contributions()).max())
+    assert b.influence_manifest["replay_max_relative_deviation"] < 1e-12
+
+
+def test_tampered_checkpoint_is_caught(tmp_path):
+    ckpt, _ = record_tiny(tmp_path / "ckpt", trajectory="checkpoint", checkpoint_every=5)
+    params_file = Path(ckpt) / "trajectory" / "params.npy"
+    params = np.load(params_file, allow_pickle=False)
+    params[1, 3] += 1e-3  # the stored row of step 5
+    np.save(params_file, params, allow_pickle=False)
+    # the sweep runs backwards: replaying [5, 10) from the damaged row misses the row of step 10
+    with pytest.raises(RunIncompleteError, match=r"exact replay of steps \[5, 10\) does not reproduce the stored checkpoint at step 10"):
+        dit.compute(ckpt, progress=False)
+    assert not (Path(ckpt) / "influence").exists()
+
+
+# ----------------------------------------------------------------------------- queries, user models
+def test_multiple_queries_equal_separate_sweeps(tmp_path):
+    path, _ = record_tiny(tmp_path / "run")
+    queries = ["val_loss", "class_loss=2", "test_loss=1", "test_logit=0"]
+    together = dit.compute(path, queries=queries, progress=False)
+    joint = {q: np.array(together.contributions(q)) for q in queries}
+    values = together.influence_manifest["query_values"]
+    for q in queries:
+        alone = dit.compute(path, queries=[q], overwrite=True, progress=False)
+        np.testing.assert_allclose(joint[q], alone.contributions(q), rtol=1e-12, atol=1e-15)
+        assert alone.influence_manifest["query_values"][q] == pytest.approx(values[q], rel=1e-12)
+        assert np.abs(joint[q]).max() > 0
+    # the queries really differ
+    assert not np.allclose(joint["val_loss"], joint["test_logit=0"])
+
+
+class TinyNet(torch.nn.Module):
+    """A user-defined model class: a residual-ish tanh network with a custom parameter."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.inp = torch.nn.Parameter(torch.randn(6, 5, generator=g) * 0.4)
+        self.out = torch.nn.Linear(6, 3)
+        with torch.no_grad():
+            self.out.weight.copy_(torch.randn(3, 6, generator=g) * 0.4)
+            self.out.bias.zero_()
+        self.scale = torch.nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x):
+        h = torch.tanh(x @ self.inp.T)
+        return self.out(h + 0.1 * h**2) * self.scale
+
+
+def smoothed_ce(outputs, targets):
+    """A user loss: per-sample label-smoothed cross-entropy."""
+    return F.cross_entropy(outputs, targets, reduction="none", label_smoothing=0.1)
+
+
+def test_user_model_and_user_loss(tmp_path):
+    path, model0 = record_tiny(tmp_path / "run", model=TinyNet(), loss_fn=smoothed_ce, lr=0.2)
+    run = dit.load_run(path)
+    assert run.manifest["model"]["kind"] == "user" and run.manifest["loss"]["kind"] == "user"
+    with pytest.raises(ModelError, match="pass model="):
+        dit.compute(path, progress=False)
+    with pytest.raises(ConfigError, match="custom loss"):
+        dit.compute(path, model=TinyNet(), progress=False)
+    run = dit.compute(path, model=TinyNet(), loss_fn=smoothed_ce, progress=False)
+    ref = Reference(run, model0, loss_fn=smoothed_ce)
+    assert_close(run.contributions(), ref.contributions(run.checkpoints), "user model contributions")
+    with pytest.raises(ModelError, match="do not match the recorded run"):
+        dit.compute(path, model=torch.nn.Linear(5, 3), loss_fn=smoothed_ce, overwrite=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    "schedule,extra",
+    [("constant", {}), ("step", dict(step_every=1, step_gamma=0.5)), ("cosine", dict(min_lr=0.02))],
+)
+def test_recorded_learning_rates_follow_the_schedule(tmp_path, schedule, extra):
+    path, _ = record_tiny(tmp_path / "run", lr=0.3, schedule=schedule, **extra)
+    run = dit.load_run(path)
+    T, spe = run.n_steps, run.steps_per_epoch
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.3)
+    if schedule == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=extra["step_every"] * spe, gamma=extra["step_gamma"])
+    elif schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=T, eta_min=extra["min_lr"])
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    expected = []
+    for _ in range(T):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(run.learning_rates, expected, rtol=1e-12)
+    np.testing.assert_allclose(run.steps["lr"].to_numpy(), expected, rtol=1e-12)
+    if schedule != "constant":
+        assert len(set(np.round(run.learning_rates, 12))) > 2
+
+
+# ----------------------------------------------------------------------------- bad input
+def _data():
+    return tiny_data()
+
+
+def test_bad_data_is_refused(tmp_path):
+    (X, y), val = _data()
+    model, _ = builtin("logreg")
+    cfg = dit.TrainConfig(epochs=1, batch_size=8)
+    with pytest.raises(DataError, match=r"train: X has 22 rows but y has 21"):
+        dit.record(model, (X, y[:-1]), val, cfg, tmp_path / "a", progress=False)
+    Xn = X.copy()
+    Xn[5, 2] = np.nan
+    with pytest.raises(DataError, match=r"train: X contains NaN or inf \(first at row 5\)"):
+        dit.record(model, (Xn, y), val, cfg, tmp_path / "b", progress=False)
+    with pytest.raises(DataError, match="val"):
+        dit.record(model, (X, y), (val[0][:, :3], val[1]), cfg, tmp_path / "c", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def mse_loss(outputs, targets):
+    return ((outputs - F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)) ** 2).sum(dim=1)
+
+
+def test_divergence_names_step_and_keeps_incomplete_run(tmp_path):
+    model, _ = builtin("logreg")
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=r"at step \d+") as info:
+        dit.record(model, *_data(), dit.TrainConfig(epochs=30, batch_size=8, lr=50.0, dtype="float32"), out,
+                   loss_fn=mse_loss, progress=False)
+    step = info.value.step
+    assert step > 0 and info.value.run_dir == str(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["status"] == "diverged" and manifest["diverged_at_step"] == step
+    import pandas as pd
+
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert not np.isfinite(steps["batch_loss"].iloc[step]) and np.isfinite(steps["batch_loss"].iloc[:step]).all()
+    with pytest.raises(RunIncompleteError, match=rf"diverged \(NaN/inf loss\) at step {step}\b"):
+        dit.load_run(out)
+
+
+@pytest.mark.parametrize(
+    "layer,match",
+    [
+        (torch.nn.BatchNorm1d(5), r"BatchNorm1d.*training mode"),
+        (torch.nn.Dropout(0.3), r"Dropout, p=0.3"),
+    ],
+)
+def test_batch_dependent_or_random_layers_are_refused(tmp_path, layer, match):
+    model = torch.nn.Sequential(layer, torch.nn.Linear(5, 3))
+    with pytest.raises(ModelError, match=match):
+        dit.record(model, *_data(), dit.TrainConfig(epochs=1), tmp_path / "run", progress=False)
+    # in eval mode the same layers are fine
+    model.eval()
+    dit.record(model, *_data(), dit.TrainConfig(epochs=1), tmp_path / "run", progress=False)
+
+
+def test_non_per_sample_loss_is_refused(tmp_path):
+    model, _ = builtin("logreg")
+    with pytest.raises(ModelError, match=r"one value per sample.*reduction='none'"):
+        dit.record(model, *_data(), dit.TrainConfig(epochs=1), tmp_path / "run",
+                   loss_fn=lambda o, t: F.cross_entropy(o, t, reduction="mean"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    path, _ = record_tiny(tmp_path_factory.mktemp("small") / "run", epochs=2)
+    return dit.compute(path, progress=False)
+
+
+def test_damaged_run_directories(tmp_path, small_run):
+    with pytest.raises(RunNotFoundError, match="does not exist"):
+        dit.load_run(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RunIncompleteError, match="has no manifest.json"):
+        dit.load_run(empty)
+    broken = tmp_path / "broken"
+    shutil.copytree(small_run.path, broken)
+    (broken / "batch_ids.npy").unlink()
+    with pytest.raises(RunIncompleteError, match="missing batch_ids.npy"):
+        dit.load_run(broken)
+    other = tmp_path / "other"
+    shutil.copytree(small_run.path, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["format_version"] = 999
+    (other / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FormatVersionError, match="format version 999"):
+        dit.load_run(other)
+    no_traj = tmp_path / "no_traj"
+    shutil.copytree(small_run.path, no_traj)
+    shutil.rmtree(no_traj / "influence")
+    (no_traj / "trajectory" / "params.npy").unlink()
+    with pytest.raises(RunIncompleteError, match="no stored trajectory"):
+        dit.compute(no_traj, progress=False)
+    half = tmp_path / "half"
+    shutil.copytree(small_run.path, half)
+    (half / "influence" / "val_loss.npy").unlink()
+    with pytest.raises(RunIncompleteError, match="influence is half-written"):
+        dit.load_run(half)
+
+
+def test_bad_window_and_query_arguments(small_run):
+    run = small_run
+    T = run.n_steps
+    with pytest.raises(ConfigError, match=r"at=4 is not a checkpoint; checkpoints are \[3, 6\]"):
+        run.window_influence(0, 3, at=4)
+    with pytest.raises(ConfigError, match=r"at=3 lies before the window's end stop=5"):
+        run.window_influence(0, 5, at=3)
+    with pytest.raises(ConfigError, match=r"window \[4, 2\)"):
+        run.window_influence(4, 2)
+    with pytest.raises(ConfigError, match=rf"window \[0, {T + 1}\)"):
+        run.window_influence(0, T + 1)
+    with pytest.raises(ConfigError, match="unknown query 'val_acc'"):
+        dit.compute(run.path, queries=["val_acc"], overwrite=True, progress=False)
+    with pytest.raises(ConfigError, match="unknown query"):
+        run.contributions("test_loss=x")
+    with pytest.raises(ConfigError, match=r"validation sample 99 does not exist \(n_val = 12\)"):
+        dit.compute(run.path, queries=["test_loss=99"], overwrite=True, progress=False)
+    with pytest.raises(ConfigError, match="no sample of class 7"):
+        dit.compute(run.path, queries=["class_loss=7"], overwrite=True, progress=False)
+    with pytest.raises(ConfigError, match="checkpoint steps must lie in"):
+        dit.compute(run.path, checkpoints=[0, 2], overwrite=True, progress=False)
+    with pytest.raises(ConfigError, match="accrued_influence needs start < stop"):
+        run.accrued_influence(6, 3)
+    # the failed calls above left the computed influence alone
+    assert dit.load_run(run.path).checkpoints.tolist() == [3, 6]
+
+
+def test_compute_refuses_to_overwrite_different_arguments(tmp_path):
+    path, _ = record_tiny(tmp_path / "run", epochs=2)
+    first = dit.compute(path, progress=False)
+    before = np.array(first.contributions())
+    again = dit.compute(path, progress=False)  # same arguments: reuses what is there
+    assert again.influence_manifest["created"] == first.influence_manifest["created"]
+    with pytest.raises(RunExistsError, match=r"already has influence for checkpoints \[3, 6\].*you asked for checkpoints \[6\]"):
+        dit.compute(path, checkpoints="final", progress=False)
+    with pytest.raises(RunExistsError, match="overwrite=True"):
+        dit.compute(path, queries=["test_loss=0"], progress=False)
+    np.testing.assert_array_equal(dit.load_run(path).contributions(), before)
+    final = dit.compute(path, checkpoints="final", overwrite=True, progress=False)
+    assert final.checkpoints.tolist() == [6]
+    np.testing.assert_allclose(final.contributions()[:, :, 0], before[:, :, 1], rtol=1e-12, atol=1e-15)
+
+
+def test_existing_output_directory(tmp_path):
+    path, _ = record_tiny(tmp_path / "run", epochs=1)
+    run_id = dit.load_run(path).run_id
+    model, desc = builtin("mlp", hidden=(8,))
+    with pytest.raises(RunExistsError, match="exists and is not empty"):
+        dit.record(model, *_data(), dit.TrainConfig(epochs=1), path, progress=False)
+    # overwrite=True replaces only after success: a failing recording leaves the old run
+    with pytest.raises(TrainingDivergedError):
+        dit.record(builtin("logreg")[0], *_data(), dit.TrainConfig(epochs=30, batch_size=8, lr=50.0), path,
+                   loss_fn=mse_loss, overwrite=True, progress=False)
+    assert dit.load_run(path).run_id == run_id
+    with pytest.raises(DataError):
+        dit.record(model, (np.zeros((3, 5)), np.zeros(2)), _data()[1], dit.TrainConfig(epochs=1), path,
+                   overwrite=True, progress=False)
+    assert dit.load_run(path).run_id == run_id
+    new = dit.record(model, *_data(), dit.TrainConfig(epochs=1), path, overwrite=True,
+                     model_description=desc, progress=False)
+    assert dit.load_run(new).run_id != run_id
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "run"]
+    # a diverged overwrite keeps its partial recording beside the run (named in the error), nothing else
+    assert all(".partial-" in name for name in leftovers), leftovers
+
+
+# ----------------------------------------------------------------------------- no pickle
+def test_no_pickle_on_any_load_path():
+    root = Path(dit.__file__).parent
+    offenders = []
+    for f in sorted(root.rglob("*.py")):
+        text = f.read_text()
+        for m in re.finditer(r"torch\.load|import pickle|pickle\.load|read_pickle|allow_pickle\s*=\s*True|dill|joblib", text):
+            offenders.append(f"{f.name}: {m.group(0)}")
+        for m in re.finditer(r"np\.load\(", text):
+            call = text[m.start() : text.find(")", m.start()) + 1]
+            if "allow_pickle=False" not in call:
+                offenders.append(f"{f.name}: {call}")
+        for m in re.finditer(r"np\.save\(", text):
+            call = text[m.start() : text.find("\n", m.start())]
+            if "allow_pickle=False" not in call:
+                offenders.append(f"{f.name}: {call}")
+    assert not offenders, offenders
