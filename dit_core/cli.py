@@ -385,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .validate import add_cli as _add_validate
 
     _add_validate(sub)
+    from .signals import add_cli as _add_signals
+
+    _add_signals(sub)
     return parser
 
 

@@ -286,6 +286,55 @@ def detection_metrics(scores, is_corrupted) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- command line
+def add_cli(sub) -> None:
+    """Add the ``signals`` subcommand to the ``dit`` command line's subparsers."""
+    p = sub.add_parser(
+        "signals",
+        help="compute the mislabel-suspicion signals of a run, save them, print the top suspects",
+        description=(
+            "Compute every suspicion signal (higher = more suspicious) of every training sample, write them to "
+            "RUN/signals.parquet, and print the highest-scoring samples. DIT's harmful influence is "
+            "-(influence); positive influence = removing the sample would raise the query (for a loss: it helped)."
+        ),
+    )
+    p.add_argument("run", help="run directory (with influence computed)")
+    p.add_argument("--signal", default=DEFAULT_FLAG_SIGNAL, choices=list(SIGNALS), help=f"signal to rank by (default {DEFAULT_FLAG_SIGNAL})")
+    p.add_argument("--top", type=int, default=10, help="how many top suspects to print (default 10)")
+    p.add_argument("--query", default="val_loss", help="influence query of the DIT signals (default val_loss)")
+    p.add_argument("--no-save", action="store_true", help="do not write RUN/signals.parquet")
+    p.set_defaults(func=cmd_signals)
+
+
+def cmd_signals(args) -> int:
+    from .run import load_run
+
+    if args.top < 1:
+        raise ConfigError(f"--top must be >= 1, got {args.top}")
+    run = load_run(args.run)
+    if args.no_save:
+        df = compute_signals(run, query=args.query)
+    else:
+        path = save_signals(run, query=args.query)
+        df = load_parquet(path)[["sample_id", *SIGNALS]]
+        print(f"wrote {len(SIGNALS)} signals of {run.n_train} samples to {path}")
+    samples = run.samples
+    top = df.sort_values(args.signal, ascending=False, kind="stable").head(args.top)
+    print(f"top {len(top)} by {args.signal} (higher = more suspicious): {SIGNALS[args.signal]}")
+    known = "is_corrupted" in samples and samples["is_corrupted"].notna().all()
+    print(f"{'rank':>4} {'sample':>7} {'label':>6} {'score':>12}" + ("  corrupted" if known else ""))
+    for rank, (sid, score) in enumerate(zip(top["sample_id"], top[args.signal]), 1):
+        row = samples.iloc[int(sid)]
+        print(f"{rank:>4} {int(sid):>7} {str(row['label']):>6} {score:>12.5g}" + (f"  {bool(row['is_corrupted'])}" if known else ""))
+    if known and 0 < samples["is_corrupted"].sum() < run.n_train:
+        print("detection of the known corrupted labels (AUROC / precision at k):")
+        for name in SIGNALS:
+            if np.isfinite(df[name]).all():
+                m = detection_metrics(df[name].to_numpy(), samples["is_corrupted"].to_numpy(bool))
+                print(f"  {name:<24} {m['auroc']:.3f} / {m['precision_at_k']:.3f}")
+    return 0
+
+
 __all__ = [
     "SIGNALS",
     "DEFAULT_FLAG_SIGNAL",
@@ -298,4 +347,5 @@ __all__ = [
     "forgetting_events",
     "tracin_self_influence",
     "percentile_rank",
+    "add_cli",
 ]
