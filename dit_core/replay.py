@@ -37,6 +37,11 @@ from .queries import parse_query, query_function
 from .run import Run, load_run
 from .sweep import resolve_checkpoints
 
+# Bound on the memory of the replicas' parameter-sized tensors (parameters, optimizer
+# state, gradients and their updated copies) in one vectorised batch; larger models get
+# smaller batches automatically.
+REPLICA_MEMORY_MB = 1024.0
+
 
 @dataclass
 class ReplayResult:
@@ -179,7 +184,8 @@ def replay(
     device : str, optional
         Default: the run's device.
     chunk : int
-        How many replays run together as one vectorised batch.
+        How many replays run together as one vectorised batch (fewer for large models:
+        the replicas' parameter-sized tensors are kept under ``REPLICA_MEMORY_MB``).
     keep : float
         The weight the sample keeps in the window: 0 removes it (default). A value close
         to 1, ``1 - eps``, gives ``eps`` times the derivative that the first-order sweep
@@ -229,6 +235,8 @@ def replay(
     cp_index = {int(c): k for k, c in enumerate(cps)}
     K, Q = len(cps), len(qs)
     rows = engine.rows
+    per_replica = 3 * (fm.n_params + engine.n_state) * torch.finfo(fm.dtype).bits // 8
+    chunk = int(max(1, min(chunk, REPLICA_MEMORY_MB * 2**20 // max(per_replica, 1) - 1)))
 
     # Baseline: the query at every checkpoint of the recorded run.
     replayer = SegmentReplayer(engine)
