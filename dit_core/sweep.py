@@ -5,11 +5,16 @@ queries) at once, as columns of a matrix. Per step t, for the active columns A:
 
 1. through the optimizer step's vector-Jacobian product, the adjoint gives the
    gradient-space cotangent U = (∂step/∂ḡ)ᵀ A (for plain SGD, U = -η A);
-2. one forward-over-reverse pass, ``jvp`` of ``(∇ batch loss, per-sample losses)``
-   along each column of U (vmapped), returns both the Hessian-vector products H U and
-   the per-sample directional derivatives ⟨∇ℓ_j, U⟩ — no per-sample gradient is formed;
+2. the minibatch gradient is built once as a differentiable function of θ and of
+   per-sample weights w (all 1), ḡ = ∇θ Σ_j w_j ℓ_j / |S_t|; one backward pass of
+   ⟨ḡ, u⟩ for every column u of U (batched) returns both the Hessian-vector products
+   H U (its θ part) and the per-sample directional derivatives ⟨∇ℓ_j, U⟩ / |S_t| (its w
+   part) — no per-sample gradient is formed;
 3. sample j's contribution is ``-⟨∇ℓ_j, U⟩ / |S_t|``, and the adjoint moves to
    ``(∂step/∂θ)ᵀ A + H U``.
+
+Contributions are buffered per epoch (each sample is used once per epoch) and written
+to the (K, n, E) files once per epoch.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.func import grad, jvp, vjp, vmap
+from torch.func import grad, vmap
 
 from ._io import commit_npy, open_npy_for_writing, save_npy, write_json
 from ._progress import progress_bar
@@ -55,6 +60,34 @@ def resolve_checkpoints(run: Run, checkpoints) -> np.ndarray:
             raise ConfigError(f"checkpoint steps must lie in [1, n_steps={T}]; got {bad.tolist()}")
     cps = np.unique(np.append(cps, T)).astype(np.int64)
     return cps
+
+
+def _batched_vjp(outputs, inputs, cotangents):
+    """Vector-Jacobian products of ``outputs`` for N cotangent rows at once.
+
+    ``cotangents[i]`` has shape (N, *outputs[i].shape); returns one (N, *input.shape)
+    tensor per input (zeros where an input does not influence the outputs).
+    """
+    n = cotangents[0].shape[0]
+    pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad and o.numel()]
+    outs, cots = [o for o, _ in pairs], [c for _, c in pairs]
+    if n == 1:
+        res = torch.autograd.grad(outs, inputs, [c[0] for c in cots], allow_unused=True, materialize_grads=True)
+        res = [r[None] for r in res]
+    else:
+        res = torch.autograd.grad(outs, inputs, cots, is_grads_batched=True, allow_unused=True, materialize_grads=True)
+    # inputs that were not used come back unbatched
+    return tuple(r if r.shape[:1] == (n,) and r.dim() == x.dim() + 1 else r.new_zeros((n, *x.shape)) for r, x in zip(res, inputs))
+
+
+def _step_vjp(spec, theta, state, g, lr, t, a_theta, a_state):
+    """(∂step/∂θ)ᵀA, (∂step/∂state)ᵀA, (∂step/∂ḡ)ᵀA for the adjoint rows A = (a_theta, a_state)."""
+    th = theta.detach().requires_grad_(True)
+    st = state.detach().requires_grad_(True)
+    gg = g.detach().requires_grad_(True)
+    with torch.enable_grad():
+        new_theta, new_state = optimizer_step(spec, th, st, gg, lr, t)
+    return _batched_vjp((new_theta, new_state), (th, st, gg), (a_theta, a_state))
 
 
 def _per_sample_grad_norm2(engine: Engine, theta: torch.Tensor, chunk: int = 512) -> np.ndarray:
@@ -153,6 +186,16 @@ def compute(
         grad_norm2 = np.full((n, K), np.nan, dtype=np.float32) if self_influence else None
         epoch_of_step = np.arange(T) // run.steps_per_epoch
 
+        # contributions of the current epoch, written to the (K, n, E) files once per epoch
+        buf = np.zeros((Q, K, n), dtype=np_dtype)
+        buf_epoch = None
+
+        def flush():
+            if buf_epoch is not None:
+                for q, (arr, _) in enumerate(outs):
+                    arr[:, :, buf_epoch] = buf[q]
+                buf[:] = 0
+
         k0 = K
         started = time.perf_counter()
         bar = progress_bar(total=T, desc="influence sweep", disable=not progress, unit="step")
@@ -171,35 +214,29 @@ def compute(
             lr = float(engine.lrs[t])
             act = slice(k0 * Q, K * Q)
             a_theta, a_state = A_theta[act], A_state[act]
+            # the minibatch gradient as a differentiable function of (θ, per-sample weights w);
+            # d⟨ḡ, u⟩/dθ = H u and d⟨ḡ, u⟩/dw_j = ⟨∇ℓ_j, u⟩ / |S_t|: both from one backward pass
+            th = theta.detach().requires_grad_(True)
+            w = torch.ones(B, dtype=fm.dtype, device=engine.device, requires_grad=True)
+            with torch.enable_grad():
+                loss = (fm.losses(th, Xb, yb) * w).sum() / B
+                (gbar,) = torch.autograd.grad(loss, th, create_graph=True)
             if plain_sgd:
                 U, v_theta, v_state = -lr * a_theta, a_theta, a_state
             else:
                 if g is None:
-                    g = engine.gradient(theta, Xb, yb) if not spec.is_linear else torch.zeros_like(theta)
-
-                def step_fn(th, st, gg, _t=t, _lr=lr):
-                    return optimizer_step(spec, th, st, gg, _lr, _t)
-
-                _, vjp_fn = vjp(step_fn, theta, state, g)
-                v_theta, v_state, U = vmap(vjp_fn)((a_theta, a_state))
-
-            ones = torch.ones(B, dtype=fm.dtype, device=engine.device)
-
-            def F(th):
-                gr, (losses, _out) = engine.grad_fn(th, Xb, yb, ones, B)
-                return gr, losses
-
-            def tangent(u):
-                return jvp(F, (theta,), (u,))[1]
-
-            HU, JU = vmap(tangent)(U)
-            contrib = (-JU / B).reshape(K - k0, Q, B).detach().cpu().numpy()
+                    g = gbar.detach() if not spec.is_linear else torch.zeros_like(theta)
+                v_theta, v_state, U = _step_vjp(spec, theta, state, g, lr, t, a_theta, a_state)
+            HU, JU = _batched_vjp((gbar,), (th, w), (U,))
             e = int(epoch_of_step[t])
-            for q, (arr, _) in enumerate(outs):
-                arr[k0:, ids_np, e] = contrib[:, q, :]
+            if e != buf_epoch:
+                flush()
+                buf_epoch = e
+            buf[:, k0:, ids_np] = (-JU).reshape(K - k0, Q, B).permute(1, 0, 2).detach().cpu().numpy()
             A_theta[act] = v_theta + HU
             A_state[act] = v_state
             bar.update(1)
+        flush()
         bar.close()
         seconds = time.perf_counter() - started
 
