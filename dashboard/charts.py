@@ -16,6 +16,7 @@ WINDOW_FILL = "rgba(255, 193, 7, 0.22)"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
            "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd"]
 PATTERN_COLORS = {"stable": "#7f7f7f", "early influencer": "#1f77b4", "late bloomer": "#ff7f0e", "fluctuating": "#9467bd"}
+PATTERN_ORDER = {p: i for i, p in enumerate(ex.PATTERNS)}
 
 
 def timeline(steps: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, window: tuple[int, int], *, mode: str, n_steps: int) -> go.Figure:
@@ -55,8 +56,8 @@ def timeline(steps: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, w
     fig.update_yaxes(title_text="loss", row=1, col=1)
     fig.update_yaxes(title_text="influence", row=2, col=1)
     fig.update_layout(
-        dragmode="select", selectdirection="h", barmode="relative", height=520,
-        margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0),
+        dragmode="select", selectdirection="h", barmode="relative", height=560,
+        margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", yanchor="top", y=-0.16, x=0),
         hovermode="closest",
     )
     return fig
@@ -96,7 +97,7 @@ def embedding_scatter(coords: np.ndarray, ids: np.ndarray, color: np.ndarray, *,
     """UMAP/PCA scatter; ``customdata`` holds sample ids so a selection maps back to samples."""
     fig = go.Figure()
     color = np.asarray(color).astype(str)
-    cats = sorted(pd.unique(color), key=_natural_key)
+    cats = sorted(pd.unique(color), key=lambda c: (PATTERN_ORDER.get(c, len(PATTERN_ORDER)), _natural_key(c)))
     use_gl = len(ids) > 5000
     Trace = go.Scattergl if use_gl else go.Scatter
     for i, c in enumerate(cats):
@@ -130,7 +131,7 @@ def trajectory_lines(T: np.ndarray, ids: np.ndarray, bounds: np.ndarray, *, max_
 def group_means(profiles: pd.DataFrame, bounds: np.ndarray, *, title: str) -> go.Figure:
     fig = go.Figure()
     x = bounds[1:]
-    groups = sorted(profiles["group"].astype(str).unique(), key=_natural_key)
+    groups = sorted(profiles["group"].astype(str).unique(), key=lambda c: (PATTERN_ORDER.get(c, len(PATTERN_ORDER)), _natural_key(c)))
     for i, g in enumerate(groups):
         d = profiles[profiles["group"].astype(str) == g]
         fig.add_trace(go.Scatter(x=x[d["window"].to_numpy()], y=d["mean"], mode="lines", name=f"{g} (n={int(d['n'].iloc[0])})",

@@ -252,8 +252,10 @@ def set_window(start: int, stop: int) -> None:
 
 
 def describe_window(run: dit.Run, start: int, stop: int) -> str:
-    """"steps 1080–1350 (epochs 25–30)" in 1-based epochs."""
+    """"steps 1080–1350 (epochs 25–30)" for whole epochs, else "steps 269–675 (within epochs 6–15)" (1-based epochs)."""
     spe = max(run.steps_per_epoch, 1)
-    e0, e1 = start / spe, stop / spe
-    ep = f"epochs {e0 + 1:.0f}–{e1:.0f}" if start % spe == 0 and stop % spe == 0 else f"epochs {e0:.1f}–{e1:.1f} elapsed"
+    first, last = start // spe + 1, -(-stop // spe)
+    ep = f"epoch {first}" if first == last else f"epochs {first}–{last}"
+    if start % spe or stop % spe:
+        ep = "within " + ep
     return f"steps {start}–{stop} ({ep})"

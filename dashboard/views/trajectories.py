@@ -111,6 +111,10 @@ def render() -> None:
 
     st.subheader("Inspect")
     options = (["selected points"] if selected.size else []) + [f"cluster {g}" for g in cc.index] + [f"pattern: {p}" for p in ex.PATTERNS]
+    signature = (len(selected), int(selected.sum()), int(selected[:1].sum()))
+    if selected.size and ss.get("traj_last_selection") != signature:  # a new selection on the map: inspect it
+        ss["traj_inspect"] = "selected points"
+    ss["traj_last_selection"] = signature if selected.size else None
     if ss.get("traj_inspect") not in options:
         ss["traj_inspect"] = options[0]
     choice = st.selectbox("Samples to inspect", options, key="traj_inspect")
