@@ -42,7 +42,7 @@ def render() -> None:
 
     corrupted = ex.corruption_mask(run)
     defaults = {"traj_kind": "accrued" if state.mode() == "accrued" else "window", "traj_norm": "scale", "traj_method": "umap",
-                "traj_k": 4, "traj_color": "pattern", "traj_max": int(min(n, 20000))}
+                "traj_k": 4, "traj_color": "pattern", "traj_max": int(min(n, 10000))}
     for key, value in defaults.items():
         if key not in ss:
             ss[key] = value
