@@ -3,7 +3,8 @@
 One reverse pass over the recorded steps carries the adjoints of all checkpoints (and
 queries) at once, as columns of a matrix. Per step t, for the active columns A:
 
-1. through the optimizer step's vector-Jacobian product, the adjoint gives the
+1. through the optimizer step's vector-Jacobian product (closed form,
+   :func:`dit_core.optim.step_vjp`), the adjoint gives the
    gradient-space cotangent U = (∂step/∂ḡ)ᵀ A (for plain SGD, U = -η A);
 2. the minibatch gradient is built once as a differentiable function of θ and of
    per-sample weights w (all 1), ḡ = ∇θ Σ_j w_j ℓ_j / |S_t|; one backward pass of
@@ -35,7 +36,7 @@ from ._io import commit_npy, open_npy_for_writing, save_npy, write_json
 from ._progress import progress_bar
 from .engine import Engine, SegmentReplayer
 from .errors import ConfigError, RunExistsError
-from .optim import step as optimizer_step
+from .optim import step_vjp
 from .queries import parse_query, query_function
 from .run import INFLUENCE_DIR, INFLUENCE_MANIFEST, Run, load_run
 
@@ -80,18 +81,10 @@ def _batched_vjp(outputs, inputs, cotangents):
     return tuple(r if r.shape[:1] == (n,) and r.dim() == x.dim() + 1 else r.new_zeros((n, *x.shape)) for r, x in zip(res, inputs))
 
 
-def _step_vjp(spec, theta, state, g, lr, t, a_theta, a_state):
-    """(∂step/∂θ)ᵀA, (∂step/∂state)ᵀA, (∂step/∂ḡ)ᵀA for the adjoint rows A = (a_theta, a_state)."""
-    th = theta.detach().requires_grad_(True)
-    st = state.detach().requires_grad_(True)
-    gg = g.detach().requires_grad_(True)
-    with torch.enable_grad():
-        new_theta, new_state = optimizer_step(spec, th, st, gg, lr, t)
-    return _batched_vjp((new_theta, new_state), (th, st, gg), (a_theta, a_state))
-
-
-def _per_sample_grad_norm2(engine: Engine, theta: torch.Tensor, chunk: int = 512) -> np.ndarray:
+def _per_sample_grad_norm2(engine: Engine, theta: torch.Tensor, chunk: int | None = None) -> np.ndarray:
     fm = engine.fm
+    if chunk is None:  # per-sample gradients of one chunk take at most ~64 MiB
+        chunk = max(1, min(engine.Xt.shape[0], 2**26 // (fm.n_params * theta.element_size())))
 
     def one(th, x, y):
         return fm.losses(th, x[None], y[None])[0]
@@ -226,7 +219,7 @@ def compute(
             else:
                 if g is None:
                     g = gbar.detach() if not spec.is_linear else torch.zeros_like(theta)
-                v_theta, v_state, U = _step_vjp(spec, theta, state, g, lr, t, a_theta, a_state)
+                v_theta, v_state, U = step_vjp(spec, theta, state, g, lr, t, a_theta, a_state)
             HU, JU = _batched_vjp((gbar,), (th, w), (U,))
             e = int(epoch_of_step[t])
             if e != buf_epoch:
