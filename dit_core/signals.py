@@ -39,7 +39,7 @@ SIGNALS_FILE = "signals.parquet"
 
 #: Signal column -> one-line description. Every column: higher = more suspicious.
 SIGNALS: dict[str, str] = {
-    "dit_full": "DIT harmful influence of the whole run: -(influence of removing the sample from all steps), measured at the end (higher = more harmful = more suspicious)",
+    "dit_full": "DIT harmful influence of the whole run: -(influence of removing the sample from all steps), measured at the end (higher = more suspicious)",
     "dit_early": "DIT harmful influence in the first 20% of epochs: -(influence of removing the sample during them), measured at the end (higher = more suspicious)",
     "dit_convergence": "DIT harmful influence in the last 20% of epochs (convergence period): -(influence of removing the sample during them), measured at the end (higher = more suspicious)",
     "dit_last_epoch": "DIT harmful influence in the last epoch: -(influence of removing the sample during it), measured at the end (higher = more suspicious)",
@@ -53,9 +53,10 @@ SIGNALS: dict[str, str] = {
     "dit_aum": "mean of the percentile ranks of dit_convergence and aum, a fixed label-free combination (higher = more suspicious)",
 }
 
-#: The signal the dashboard and the CLI flag by default (the strongest in
-#: ``benchmarks/bench_detection.py``; see the README, "Detecting mislabeled samples").
-DEFAULT_FLAG_SIGNAL: str = "dit_aum"
+#: The signal the dashboard and the CLI flag by default: the strongest on average in
+#: ``benchmarks/bench_detection.py`` (mean AUROC 0.990 over 12 settings; ``dit_aum`` 0.989,
+#: ``cleanlab`` 0.976, ``dit_convergence`` 0.971). See the README, "Detecting mislabeled samples".
+DEFAULT_FLAG_SIGNAL: str = "aum"
 
 #: The signals that need DIT's influence (the rest need only the recorded run).
 INFLUENCE_SIGNALS = tuple(n for n in SIGNALS if n.startswith("dit_")) + ("tracin_self",)
