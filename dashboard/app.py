@@ -21,6 +21,7 @@ if str(_ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from dit_core import DITError  # noqa: E402
 from dit_core import explore as ex  # noqa: E402
 
 from dashboard import state  # noqa: E402
@@ -129,6 +130,8 @@ def main() -> None:
         return
     try:
         page.run()
+    except DITError as exc:  # bad input or a run that lacks something: say what, no traceback
+        st.error(str(exc))
     except Exception as exc:  # show a message, not a traceback; details go to the server log
         log.exception("page %s failed", page.title)
         st.error(f"This page hit an unexpected error ({type(exc).__name__}: {exc}). Details are in the server log.")

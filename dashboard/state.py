@@ -146,8 +146,10 @@ def open_run_path(path: str | Path) -> bool:
         log.exception("opening %s failed", text)
         ss["run_error"] = f"{text} could not be opened as a DIT run ({type(exc).__name__}: {exc})"
         return False
-    ss["run_path"] = text
     ss["run_error"] = None
+    if ss.get("run_path") is not None and ex.run_stamp(ss["run_path"]) == ex.run_stamp(text):
+        return True  # already open: keep the window and the flag settings
+    ss["run_path"] = text
     ss["window"] = ex.convergence_window(run)
     ss["chart_version"] = ss.get("chart_version", 0) + 1
     for key in ("flag_include", "flag_exclude", "flag_threshold", "flag_k", "flag_signal", "wv_split"):

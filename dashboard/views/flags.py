@@ -70,13 +70,15 @@ def render() -> None:
     corrupted = ex.corruption_mask(run)
     m = st.columns(5)
     m[0].metric("Flagged", f"{int(flags.sum()):,}")
-    if corrupted is not None:
+    if corrupted is not None and corrupted.any():
         fm = ex.flag_metrics(flags, corrupted, scores)
         fmt = lambda v: "–" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}"  # noqa: E731
         m[1].metric("Precision", fmt(fm["precision"]), help=f"Share of flagged samples whose label was corrupted (random flags: {fm['base_rate']:.3f}).")
         m[2].metric("Recall", fmt(fm["recall"]), help=f"Share of the {fm['n_corrupted']} corrupted labels that are flagged.")
         m[3].metric("F1", fmt(fm["f1"]))
         m[4].metric("AUROC of the score", fmt(fm["auroc"]), help="Probability a corrupted sample scores higher than a clean one (ignores the manual choices).")
+    elif corrupted is not None:
+        m[1].caption("No label of this run was corrupted, so there is nothing for precision and recall to measure.")
     else:
         m[1].caption("This run does not record which labels were corrupted, so precision and recall cannot be shown.")
 

@@ -12,7 +12,8 @@ def render() -> None:
     win = state.effective_window(run)
     st.title("Training timeline")
     components.run_summary(run)
-    summary = state.influence_summary(state.stamp(), mode, run)
+    with st.spinner("Summarising influence per " + ("epoch…" if mode == "window" else "checkpoint interval…")):
+        summary = state.influence_summary(state.stamp(), mode, run)
     fig = charts.timeline(run.steps, run.epochs, summary, win, mode=mode, n_steps=run.n_steps)
     st.plotly_chart(
         fig, key=state.chart_key(), on_select="rerun", selection_mode="box",

@@ -5,6 +5,7 @@ import math
 import streamlit as st
 
 from dashboard import charts, components, state
+from dit_core import DITError
 from dit_core import explore as ex
 
 
@@ -20,7 +21,8 @@ def render() -> None:
     if "wv_k" not in ss:
         ss["wv_k"] = 10
     k = st.slider("Samples per list", min_value=5, max_value=40, step=1, key="wv_k")
-    ranking = ex.rank_window(run, *win, mode=mode, k=k, query=state.QUERY)
+    with st.spinner("Ranking the samples of the window…"):
+        ranking = ex.rank_window(run, *win, mode=mode, k=k, query=state.QUERY)
     left, right = st.columns(2, gap="large")
     with left:
         st.subheader("Most helpful", help="Largest positive influence: removing them in this window would raise the validation loss.")
@@ -38,7 +40,12 @@ def render() -> None:
     if "wv_split" not in ss:
         ss["wv_split"] = int(T // 2)
     split = st.slider("Split step (early = before it, late = after it)", min_value=1, max_value=max(T - 1, 1), step=1, key="wv_split")
-    early, late, used, corr = state.early_late(state.stamp(), int(split), mode, run)
+    try:
+        with st.spinner("Splitting influence into early and late…"):
+            early, late, used, corr = state.early_late(state.stamp(), int(split), mode, run)
+    except DITError as exc:
+        st.info(str(exc))
+        return
     if used != split:
         st.caption(f"Accrued influence: split snapped to checkpoint step {used}.")
     c = st.columns(3)
