@@ -17,6 +17,7 @@ resident memory the phase needed, torch's allocations included (tracemalloc woul
     .venv/bin/python benchmarks/bench_engine.py              # 3 repetitions, 1 thread
     .venv/bin/python benchmarks/bench_engine.py --reps 5 --threads 2 --json out.json
     .venv/bin/python benchmarks/bench_engine.py --profile     # where the sweep's time goes
+    .venv/bin/python benchmarks/bench_engine.py --method both # also time compute(method="jvp")
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 
 PHASES = ("record", "final", "epochs")
+JVP_PHASES = ("final_jvp", "epochs_jvp")  # the same sweeps with compute(method="jvp")
 
 
 def _rss_mib() -> float:
@@ -72,22 +74,23 @@ def _setup(args):
 def run_phase(args) -> dict:
     """One timed phase in this (fresh) process; prints a JSON line."""
     dit, record = _setup(args)
+    method = "jvp" if args.phase.endswith("_jvp") else "reverse"
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: lazy imports, first-call overheads
         warm = record(Path(tmp) / "warm", epochs=1, n=64)
-        dit.compute(warm, checkpoints="epochs", progress=False)
+        dit.compute(warm, checkpoints="epochs", progress=False, method=method)
     rss0 = _rss_mib()
     t0 = time.perf_counter()
     if args.phase == "record":
         record(args.run_dir, epochs=args.epochs)
     else:
-        checkpoints = "final" if args.phase == "final" else "epochs"
+        checkpoints = "final" if args.phase.startswith("final") else "epochs"
         if args.profile:
             import cProfile
             import pstats
 
             prof = cProfile.Profile()
             prof.enable()
-        dit.compute(args.run_dir, checkpoints=checkpoints, overwrite=True, progress=False)
+        dit.compute(args.run_dir, checkpoints=checkpoints, overwrite=True, progress=False, method=method)
         if args.profile:
             prof.disable()
             pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
@@ -122,7 +125,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every phase (default 1)")
     p.add_argument("--profile", action="store_true", help="print the sweeps' cProfile top entries (one repetition)")
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    p.add_argument("--method", choices=["reverse", "jvp", "both"], default="reverse",
+                   help="sweep implementation(s) to time (default: reverse, the default of dit.compute)")
+    p.add_argument("--phase", choices=PHASES + JVP_PHASES, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.phase:
@@ -131,19 +136,22 @@ def main(argv=None) -> int:
     if args.profile:
         args.reps = 1
 
+    phases = ("record",)
+    if args.method in ("reverse", "both"):
+        phases += ("final", "epochs")
+    if args.method in ("jvp", "both"):
+        phases += JVP_PHASES
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
         run_dir = Path(tmp) / "run"
         for rep in range(args.reps):
-            r = {ph: spawn(args, ph, run_dir) for ph in PHASES}
+            r = {ph: spawn(args, ph, run_dir) for ph in phases}
             rows.append(r)
             tr = r["record"]["seconds"]
-            print(
-                f"rep {rep + 1}: record {tr:6.2f} s | final sweep {r['final']['seconds']:6.2f} s "
-                f"({r['final']['seconds'] / tr:4.2f}x) | epoch sweep {r['epochs']['seconds']:6.2f} s "
-                f"({r['epochs']['seconds'] / tr:4.2f}x)",
-                flush=True,
-            )
+            line = f"rep {rep + 1}: record {tr:6.2f} s"
+            for ph in phases[1:]:
+                line += f" | {ph} sweep {r[ph]['seconds']:6.2f} s ({r[ph]['seconds'] / tr:4.2f}x)"
+            print(line, flush=True)
 
     def med(f):
         return statistics.median(f(r) for r in rows)
@@ -152,15 +160,15 @@ def main(argv=None) -> int:
         "setup": {
             "data": "digits (1437 train / 360 val, 20% corrupted)", "model": "mlp 64-32-10 tanh",
             "epochs": args.epochs, "batch_size": args.batch_size, "dtype": args.dtype, "threads": args.threads,
-            "reps": args.reps, "cpu_count": os.cpu_count(),
+            "reps": args.reps, "cpu_count": os.cpu_count(), "method": args.method,
             "memory": "ru_maxrss after the phase minus RSS before it, fresh subprocess per phase",
         },
-        "median_seconds": {ph: med(lambda r, ph=ph: r[ph]["seconds"]) for ph in PHASES},
+        "median_seconds": {ph: med(lambda r, ph=ph: r[ph]["seconds"]) for ph in phases},
         "median_ratio_to_training": {
-            ph: med(lambda r, ph=ph: r[ph]["seconds"] / r["record"]["seconds"]) for ph in ("final", "epochs")
+            ph: med(lambda r, ph=ph: r[ph]["seconds"] / r["record"]["seconds"]) for ph in phases[1:]
         },
-        "median_peak_mib": {ph: med(lambda r, ph=ph: r[ph]["peak_mib"]) for ph in PHASES},
-        "targets": {"final": 2.0, "epochs": 4.0},
+        "median_peak_mib": {ph: med(lambda r, ph=ph: r[ph]["peak_mib"]) for ph in phases},
+        "targets": {"final": 2.0, "epochs": 4.0, "final_jvp": 2.0, "epochs_jvp": 4.0},
         "reps": rows,
     }
     s, ratio, mem = summary["median_seconds"], summary["median_ratio_to_training"], summary["median_peak_mib"]
@@ -168,7 +176,12 @@ def main(argv=None) -> int:
     print(f"medians over {args.reps} reps ({args.threads} thread(s), {args.dtype}):")
     print(f"  {'phase':<28}{'seconds':>9}{'x training':>12}{'target':>8}{'peak MiB':>10}")
     print(f"  {'record (training)':<28}{s['record']:>9.2f}{1.0:>12.2f}{'':>8}{mem['record']:>10.1f}")
-    for ph, label in (("final", "sweep, final checkpoint"), ("epochs", "sweep, 30 epoch checkpoints")):
+    labels = {
+        "final": "sweep, final checkpoint", "epochs": f"sweep, {args.epochs} epoch checkpoints",
+        "final_jvp": "jvp sweep, final checkpoint", "epochs_jvp": f"jvp sweep, {args.epochs} epoch cps",
+    }
+    for ph in phases[1:]:
+        label = labels[ph]
         ok = "ok" if ratio[ph] <= summary["targets"][ph] else "MISS"
         print(f"  {label:<28}{s[ph]:>9.2f}{ratio[ph]:>12.2f}{'<=' + str(summary['targets'][ph]):>8}{mem[ph]:>10.1f}  {ok}")
     print("  peak MiB = ru_maxrss after the phase - RSS before it (fresh process per phase)")

@@ -169,6 +169,10 @@ def _add_compute(sub) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--no-self-influence", action="store_true", help="skip per-sample gradient norms at checkpoints (TracIn)")
     p.add_argument("--overwrite", action="store_true", help="replace influence computed with other checkpoints/queries")
+    p.add_argument(
+        "--method", choices=["reverse", "jvp"], default="reverse",
+        help="HVPs and per-sample dots by one batched double-backward (reverse, default) or torch.func forward-mode JVPs (jvp); same numbers",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compute)
 
@@ -184,6 +188,7 @@ def cmd_compute(args) -> int:
         self_influence=not args.no_self_influence,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        method=args.method,
     )
     im = run.influence_manifest
     print(

@@ -16,6 +16,18 @@ queries) at once, as columns of a matrix. Per step t, for the active columns A:
 
 Contributions are buffered per epoch (each sample is used once per epoch) and written
 to the (K, n, E) files once per epoch.
+
+Step 2 has two implementations with the same result (``compute(..., method=...)``):
+
+- ``"reverse"`` (default): the batched double-backward described above (autograd with
+  ``is_grads_batched``);
+- ``"jvp"``: ``torch.func`` forward mode, vmapped over the columns u of U — a JVP of the
+  per-sample loss vector gives the dots ⟨∇ℓ_j, u⟩, and forward-over-reverse
+  (``jvp`` of ``grad``) gives H u, both from one forward-mode pass per column.
+
+Both equal the brute-force linearised propagation (tests check each, and that they agree);
+``benchmarks/bench_engine.py --method`` times them. On the small CPU models we measured,
+``"reverse"`` is faster; ``"jvp"`` keeps peak memory lower where activations dominate.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.func import grad, vmap
+from torch.func import grad, jvp, vmap
 
 from ._io import commit_npy, open_npy_for_writing, save_npy, write_json
 from ._progress import progress_bar
@@ -81,6 +93,26 @@ def _batched_vjp(outputs, inputs, cotangents):
     return tuple(r if r.shape[:1] == (n,) and r.dim() == x.dim() + 1 else r.new_zeros((n, *x.shape)) for r, x in zip(res, inputs))
 
 
+METHODS = ("reverse", "jvp")
+
+
+def _hvp_and_dots_jvp(fm, theta: torch.Tensor, Xb: torch.Tensor, yb: torch.Tensor, U: torch.Tensor, chunk: int | None):
+    """(H U, J U / B) by forward mode: for each row u of U, one JVP of θ ↦ (∇ mean loss, per-sample losses)."""
+    B = Xb.shape[0]
+
+    def mean_loss(th):
+        losses = fm.losses(th, Xb, yb)
+        return losses.sum() / B, losses
+
+    grad_and_losses = grad(mean_loss, has_aux=True)
+
+    def one(u):
+        _, (hu, ju) = jvp(grad_and_losses, (theta,), (u,))
+        return hu, ju / B
+
+    return vmap(one, chunk_size=chunk)(U)
+
+
 def _per_sample_grad_norm2(engine: Engine, theta: torch.Tensor, chunk: int | None = None) -> np.ndarray:
     fm = engine.fm
     if chunk is None:  # per-sample gradients of one chunk take at most ~64 MiB
@@ -108,6 +140,7 @@ def compute(
     self_influence: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    method: str = "reverse",
 ) -> Run:
     """Compute the contribution tensor of a recorded run in one reverse sweep.
 
@@ -130,6 +163,10 @@ def compute(
         self-influence signal).
     overwrite : bool
         Replace influence computed earlier with other checkpoints or queries.
+    method : "reverse" (default) or "jvp"
+        How each step's Hessian-vector products and per-sample dots are formed: one
+        batched double-backward pass, or ``torch.func`` forward-mode JVPs vmapped over the
+        adjoint columns. Same numbers up to rounding; see the module docstring.
 
     Returns
     -------
@@ -137,6 +174,8 @@ def compute(
         The reopened run, with ``window_influence`` etc. available. Sign: positive =
         removing the sample raises the query.
     """
+    if method not in METHODS:
+        raise ConfigError(f"method={method!r}: use one of {list(METHODS)}")
     run = load_run(run_dir)
     cps = resolve_checkpoints(run, checkpoints)
     qs = [parse_query(q) for q in (queries if not isinstance(queries, str) else [queries])]
@@ -164,6 +203,7 @@ def compute(
     qgrads = [grad(f) for f in qfuns]
     replayer = SegmentReplayer(engine)
     plain_sgd = spec.name == "sgd" and spec.momentum == 0 and spec.weight_decay == 0
+    jvp_chunk = None  # vmap all active columns at once (as "reverse" batches them)
 
     idir = run.path / INFLUENCE_DIR
     work = run.path / f".influence.partial-{uuid.uuid4().hex[:8]}"
@@ -207,20 +247,29 @@ def compute(
             lr = float(engine.lrs[t])
             act = slice(k0 * Q, K * Q)
             a_theta, a_state = A_theta[act], A_state[act]
-            # the minibatch gradient as a differentiable function of (θ, per-sample weights w);
-            # d⟨ḡ, u⟩/dθ = H u and d⟨ḡ, u⟩/dw_j = ⟨∇ℓ_j, u⟩ / |S_t|: both from one backward pass
-            th = theta.detach().requires_grad_(True)
-            w = torch.ones(B, dtype=fm.dtype, device=engine.device, requires_grad=True)
-            with torch.enable_grad():
-                loss = (fm.losses(th, Xb, yb) * w).sum() / B
-                (gbar,) = torch.autograd.grad(loss, th, create_graph=True)
+            if method == "reverse":
+                # the minibatch gradient as a differentiable function of (θ, per-sample weights w);
+                # d⟨ḡ, u⟩/dθ = H u and d⟨ḡ, u⟩/dw_j = ⟨∇ℓ_j, u⟩ / |S_t|: both from one backward pass
+                th = theta.detach().requires_grad_(True)
+                w = torch.ones(B, dtype=fm.dtype, device=engine.device, requires_grad=True)
+                with torch.enable_grad():
+                    loss = (fm.losses(th, Xb, yb) * w).sum() / B
+                    (gbar,) = torch.autograd.grad(loss, th, create_graph=True)
             if plain_sgd:
                 U, v_theta, v_state = -lr * a_theta, a_theta, a_state
             else:
                 if g is None:
-                    g = gbar.detach() if not spec.is_linear else torch.zeros_like(theta)
+                    if spec.is_linear:
+                        g = torch.zeros_like(theta)
+                    elif method == "reverse":
+                        g = gbar.detach()
+                    else:
+                        g = grad(lambda th_: fm.losses(th_, Xb, yb).mean())(theta)
                 v_theta, v_state, U = step_vjp(spec, theta, state, g, lr, t, a_theta, a_state)
-            HU, JU = _batched_vjp((gbar,), (th, w), (U,))
+            if method == "reverse":
+                HU, JU = _batched_vjp((gbar,), (th, w), (U,))
+            else:
+                HU, JU = _hvp_and_dots_jvp(fm, theta.detach(), Xb, yb, U, jvp_chunk)
             e = int(epoch_of_step[t])
             if e != buf_epoch:
                 flush()
@@ -237,6 +286,7 @@ def compute(
             commit_npy(arr, tmp, work / f"{q.file_stem}.npy")
         manifest = {
             "complete": True,
+            "method": method,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "checkpoints": cps.tolist(),
             "queries": [{"query": q.name, "file": f"{q.file_stem}.npy"} for q in qs],

@@ -72,6 +72,17 @@ def test_export_threshold_and_window(iris_run: Path, tmp_path: Path) -> None:
     assert (df["window_start"] == 8).all() and (df["window_stop"] == 24).all()
 
 
+def test_compute_method_jvp_gives_the_same_influence(iris_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(iris_run, copy)
+    assert main(["compute", str(copy), "--method", "jvp", "--overwrite", "--quiet"]) == 0
+    run, ref = dit.load_run(copy), dit.load_run(iris_run)
+    assert run.influence_manifest["method"] == "jvp"
+    np.testing.assert_allclose(run.contributions("val_loss"), ref.contributions("val_loss"), rtol=1e-9, atol=1e-12)
+
+
 def test_strip_keeps_influence_but_blocks_recompute(tmp_path: Path, iris_run: Path, capsys) -> None:
     import shutil
 

@@ -275,6 +275,41 @@ def test_sweep_equals_explicit_jacobian_reference(reference_runs, case):
     np.testing.assert_allclose(qv, [float(ref.query("val_loss")(ref.thetas[c])) for c in cps], rtol=1e-10)
 
 
+@pytest.mark.parametrize("case", ["logreg_sgd", "mlp_sgd_momentum_dampening_wd_cosine", "mlp_adam_wd", "mlp_adamw"])
+def test_forward_mode_sweep_equals_reference(reference_runs, case, tmp_path):
+    """``method="jvp"`` (torch.func forward-mode JVPs, vmapped over columns) gives the same tensor."""
+    run, ref = reference_runs(case)
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(run.path, copy_dir)
+    run_f = dit.compute(copy_dir, checkpoints="epochs", progress=False, method="jvp", overwrite=True)
+    assert run_f.influence_manifest["method"] == "jvp" and run.influence_manifest["method"] == "reverse"
+    C = run_f.contributions("val_loss")
+    assert_close(C, ref.contributions(run.checkpoints), f"{case}: jvp contributions")
+    assert_close(C, run.contributions("val_loss"), f"{case}: jvp vs reverse")
+
+
+def test_forward_mode_sweep_on_the_cnn(tmp_path):
+    """The CNN (conv layers under forward-mode AD): both methods agree on every contribution."""
+    rng = np.random.default_rng(3)
+    X = torch.as_tensor(rng.normal(size=(24, 1, 6, 6)))
+    y = torch.as_tensor(rng.integers(0, 3, size=24))
+    data = ((X[:16], y[:16]), (X[16:], y[16:]))
+    desc = describe_model("cnn", (1, 6, 6), 3, seed=0)
+    runs = {}
+    for method in ("reverse", "jvp"):
+        path = dit.record(
+            build_model(**desc), *data, dit.TrainConfig(epochs=2, batch_size=4, lr=0.1, momentum=0.5, dtype="float64"),
+            tmp_path / method, model_description={"kind": "builtin", **desc}, progress=False,
+        )
+        runs[method] = dit.compute(path, progress=False, method=method)
+    assert_close(runs["jvp"].contributions("val_loss"), runs["reverse"].contributions("val_loss"), "cnn jvp vs reverse")
+
+
+def test_unknown_sweep_method_is_refused(small_run):
+    with pytest.raises(ConfigError, match="method='forward'"):
+        dit.compute(small_run.path, method="forward", progress=False)
+
+
 def test_sweep_at_arbitrary_checkpoints_and_queries(tmp_path):
     """Checkpoints that are not epoch ends, and all query kinds in one sweep, against the reference."""
     path, model = record_tiny(tmp_path / "run", lr=0.1, momentum=0.9)
