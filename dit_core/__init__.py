@@ -26,6 +26,8 @@ from .errors import (  # noqa: E402
 from .record import record  # noqa: E402
 from .replay import ReplayResult, replay  # noqa: E402
 from .run import Run, load_run  # noqa: E402
+from .patterns import PATTERNS, classify_patterns  # noqa: E402
+from .signals import DEFAULT_FLAG_SIGNAL, SIGNALS, compute_signals, detection_metrics, save_signals  # noqa: E402
 from .sweep import compute  # noqa: E402
 
 __all__ = [
@@ -37,6 +39,13 @@ __all__ = [
     "replay",
     "ReplayResult",
     "Run",
+    "SIGNALS",
+    "DEFAULT_FLAG_SIGNAL",
+    "compute_signals",
+    "save_signals",
+    "detection_metrics",
+    "PATTERNS",
+    "classify_patterns",
     "DITError",
     "ConfigError",
     "DataError",
