@@ -29,6 +29,7 @@ from .run import Run, load_run  # noqa: E402
 from .patterns import PATTERNS, classify_patterns  # noqa: E402
 from .signals import DEFAULT_FLAG_SIGNAL, SIGNALS, compute_signals, detection_metrics, save_signals  # noqa: E402
 from .sweep import compute  # noqa: E402
+from . import explore  # noqa: E402  (the dashboard's pure computations; imports no UI library)
 
 __all__ = [
     "__version__",
@@ -46,6 +47,7 @@ __all__ = [
     "detection_metrics",
     "PATTERNS",
     "classify_patterns",
+    "explore",
     "DITError",
     "ConfigError",
     "DataError",

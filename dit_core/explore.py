@@ -28,6 +28,7 @@ import pandas as pd
 
 from ._io import MANIFEST
 from .errors import ConfigError, DataError, DITError, InfluenceNotComputedError, RunIncompleteError
+from . import signals as sig
 from .patterns import PATTERNS, classify_patterns
 from .run import INFLUENCE_DIR, INFLUENCE_MANIFEST, Run, load_run
 
@@ -51,19 +52,7 @@ LIVE_SIGNALS = {
 EXPORT_COLUMNS = ("sample_id", "label", "score", "rank", "window_start", "window_stop", "signal", "run_id")
 EXPORT_FORMATS = ("csv", "json", "parquet")
 
-#: Fraction of training that makes the convergence window (used when ``dit_core.signals`` is missing).
-CONVERGENCE_FRACTION = 0.2
-
 _BASE_SAMPLE_COLUMNS = ("sample_id", "label", "original_label", "is_corrupted")
-
-
-def _signals_module():
-    """``dit_core.signals`` if it is installed, else None (the dashboard then offers live signals only)."""
-    try:
-        from . import signals
-    except ImportError:
-        return None
-    return signals
 
 
 # ============================================================================ runs
@@ -245,18 +234,11 @@ def snap_to_checkpoints(start: int, stop: int, checkpoints: Sequence[int]) -> tu
 def convergence_window(run: Run) -> tuple[int, int]:
     """The convergence window: the last 20% of training, in whole epochs, as ``(start, stop)`` steps.
 
-    Uses :func:`dit_core.signals.signal_windows` when available, so the dashboard's default
-    window is the one the ``dit_convergence`` signal uses.
+    The same window as :func:`dit_core.signals.signal_windows` ``["convergence"]``, so the
+    dashboard's convergence window is the one the ``dit_convergence`` signal uses.
     """
-    sig = _signals_module()
-    if sig is not None:
-        w = sig.signal_windows(run)["convergence"]
-        return int(w["start"]), int(w["stop"])
-    E = run.n_epochs
-    n_conv = max(1, min(E, math.ceil(CONVERGENCE_FRACTION * E - 1e-9)))
-    ends = run.epoch_end_steps
-    start = 0 if n_conv == E else int(ends[E - n_conv - 1])
-    return start, run.n_steps
+    w = sig.signal_windows(run)["convergence"]
+    return int(w["start"]), int(w["stop"])
 
 
 def effective_window(run: Run, start: int, stop: int, mode: str = "window") -> tuple[int, int]:
@@ -704,14 +686,7 @@ def available_signals(run: Run) -> dict[str, str]:
     the run's ``signals.parquet``); and any other numeric column of ``signals.parquet``.
     """
     out = dict(LIVE_SIGNALS)
-    sig = _signals_module()
-    if sig is not None:
-        out.update(sig.SIGNALS)
-    else:
-        out["dit_convergence"] = (
-            "DIT harmful influence in the last 20% of training (convergence period): -(influence of removing the "
-            "sample during it), measured at the end (higher = more suspicious)"
-        )
+    out.update(sig.SIGNALS)
     for c in run.samples.columns:
         if c not in _BASE_SAMPLE_COLUMNS and c not in out and pd.api.types.is_numeric_dtype(run.samples[c]):
             out[c] = f"{c} (from signals.parquet; higher = more suspicious)"
@@ -719,10 +694,8 @@ def available_signals(run: Run) -> dict[str, str]:
 
 
 def default_signal(run: Run) -> str:
-    """The signal flagged by default: ``dit_core.signals.DEFAULT_FLAG_SIGNAL``, else ``dit_convergence``."""
-    sig = _signals_module()
-    name = getattr(sig, "DEFAULT_FLAG_SIGNAL", None) if sig is not None else None
-    return name if name in available_signals(run) else "dit_convergence"
+    """The signal flagged by default: :data:`dit_core.signals.DEFAULT_FLAG_SIGNAL`."""
+    return sig.DEFAULT_FLAG_SIGNAL
 
 
 def signal_window(run: Run, signal: str, window: tuple[int, int], *, mode: str = "window") -> tuple[int, int] | None:
@@ -734,9 +707,6 @@ def signal_window(run: Run, signal: str, window: tuple[int, int], *, mode: str =
     """
     if signal == "dit_window":
         return effective_window(run, window[0], window[1], mode)
-    sig = _signals_module()
-    if sig is None:
-        return convergence_window(run) if signal == "dit_convergence" else None
     if not signal.startswith("dit_"):
         return None
     wins = sig.signal_windows(run)
@@ -762,15 +732,11 @@ def signal_table(run: Run, *, query: str = "val_loss") -> pd.DataFrame:
     base = run.samples
     have = [c for c in base.columns if c not in _BASE_SAMPLE_COLUMNS and pd.api.types.is_numeric_dtype(base[c])]
     df = base[["sample_id", *have]].copy()
-    sig = _signals_module()
-    if sig is not None and any(n not in df.columns for n in sig.SIGNALS):
+    if any(n not in df.columns for n in sig.SIGNALS):
         computed = sig.compute_signals(run, query=query)
         for n in sig.SIGNALS:
             if n not in df.columns:
                 df[n] = computed[n].to_numpy()
-    if "dit_convergence" not in df.columns:
-        a, b = convergence_window(run)
-        df["dit_convergence"] = -run.window_influence(a, b, query=query)
     return df
 
 

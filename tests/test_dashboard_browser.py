@@ -52,8 +52,8 @@ def server(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        # address, usage statistics and toolbar come from .streamlit/config.toml (cwd = repo root), as for a user
+        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port)],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
