@@ -7,7 +7,11 @@ more suspicious). The external baseline is cleanlab: ``cleanlab.rank.get_label_q
 (self-confidence) on out-of-sample predicted probabilities from 5-fold
 ``sklearn.model_selection.cross_val_predict`` of the same kind of model in scikit-learn
 (``LogisticRegression`` for logreg, ``MLPClassifier`` with the same hidden layer and tanh for
-mlp); its score is ``1 - label quality``.
+mlp); its score is ``1 - label quality``. A second cleanlab row,
+``cleanlab_find_label_issues``, is confident learning's own flagged set
+(``cleanlab.filter.find_label_issues`` on the same probabilities): flagged samples first, each
+group ordered by self-confidence; the size, precision and recall of its flagged set are
+reported too.
 
 Metrics (:func:`dit_core.signals.detection_metrics`): AUROC, precision at k (k = number
 corrupted), recall when inspecting the top 10% / 20% of the training set; mean ± std over
@@ -58,8 +62,10 @@ METRICS = [("auroc", "AUROC"), ("precision_at_k", "P@k"), ("recall_top10", "R@10
 CV_FOLDS = 5
 
 
-def cleanlab_scores(X: np.ndarray, y: np.ndarray, model: str, seed: int) -> tuple[np.ndarray, dict]:
-    """1 - cleanlab label quality (self-confidence) from out-of-sample CV probabilities, (n,)."""
+def cleanlab_scores(X: np.ndarray, y: np.ndarray, model: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    """cleanlab's scores from out-of-sample CV probabilities: ``{"cleanlab": 1 - label quality
+    (self-confidence), "cleanlab_find_label_issues": its flagged set first}``, each (n,)."""
+    from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -77,7 +83,9 @@ def cleanlab_scores(X: np.ndarray, y: np.ndarray, model: str, seed: int) -> tupl
         warnings.simplefilter("ignore", ConvergenceWarning)
         probs = cross_val_predict(clf, X2, y, cv=folds, method="predict_proba")
     quality = get_label_quality_scores(y, probs, method="self_confidence")
-    return 1.0 - quality, {"classifier": repr(clf), "cv_folds": CV_FOLDS, "method": "self_confidence"}
+    issues = find_label_issues(y, probs)  # confident learning, cleanlab's defaults (prune_by_noise_rate)
+    scores = {"cleanlab": 1.0 - quality, "cleanlab_find_label_issues": issues.astype(np.float64) + (1.0 - quality)}
+    return scores, {"classifier": repr(clf), "cv_folds": CV_FOLDS, "method": "self_confidence", "issues": issues}
 
 
 def hyperparameters(dataset: str, model: str, epochs: int | None = None) -> dict:
@@ -124,9 +132,16 @@ def run_one(task: dict) -> dict:
     t3 = time.perf_counter()
     cl, cl_info = cleanlab_scores(ds.X_train, ds.y_train, task["model"], task["seed"])
     out["seconds"]["cleanlab"] = time.perf_counter() - t3
+    flagged = cl_info.pop("issues")
+    tp = int((flagged & ds.is_corrupted).sum())
     out["cleanlab"] = cl_info
+    out["cleanlab_flagged"] = {
+        "n_flagged": int(flagged.sum()),
+        "precision": tp / max(int(flagged.sum()), 1),
+        "recall": tp / max(int(ds.is_corrupted.sum()), 1),
+    }
     scores = {name: sig[name].to_numpy() for name in SIGNALS}
-    scores["cleanlab"] = cl
+    scores.update(cl)
     out["metrics"] = {name: detection_metrics(s, ds.is_corrupted) for name, s in scores.items()}
     return out
 
@@ -153,6 +168,26 @@ def summarise(results: list[dict], signals: list[str]) -> dict:
             per_setting[k][s]["auroc"][0] >= max(per_setting[k][t]["auroc"][0] for t in signals) - 1e-12 for k in per_setting
         )
     return {"per_setting": per_setting, "overall": overall}
+
+
+BASELINES = ("cleanlab", "cleanlab_find_label_issues")
+#: Single signals that are not DIT's own windows: the default must match or beat each of them.
+NON_DIT = ("final_loss", "aum", "forgetting", "tracin_self", *BASELINES)
+
+
+def targets(overall: dict, default: str) -> list[tuple[str, bool]]:
+    """The issue's targets, checked on the averages over settings: (description, passed)."""
+    out = [(
+        f"dit_convergence AUROC {overall['dit_convergence']['auroc'][0]:.3f} > dit_full AUROC {overall['dit_full']['auroc'][0]:.3f}",
+        overall["dit_convergence"]["auroc"][0] > overall["dit_full"]["auroc"][0],
+    )]
+    for m, header in METRICS:
+        d = overall[default][m][0]
+        rivals = [s for s in NON_DIT if s != default and s in overall]
+        best = max(rivals, key=lambda s: overall[s][m][0])
+        out.append((f"default {default} {header} {d:.3f} >= every baseline (best: {best} {overall[best][m][0]:.3f})",
+                    d >= overall[best][m][0] - 1e-12))
+    return out
 
 
 def _fmt(mean_std: tuple[float, float]) -> str:
@@ -205,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [run_one(t) for t in tasks]
     wall = time.perf_counter() - started
-    signals = [*SIGNALS, "cleanlab"]
+    signals = [*SIGNALS, *BASELINES]
     summary = summarise(results, signals)
     hyper = {f"{d}/{m}": hyperparameters(d, m, plan.get("epochs")) for d in plan["datasets"] for m in plan["models"]}
     print(f"# Mislabel detection benchmark ({'quick' if args.quick else 'full'}): {len(tasks)} runs in {wall:.0f} s with {args.jobs} worker(s)\n")
@@ -216,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Default flag signal: {DEFAULT_FLAG_SIGNAL}. All scores: higher = more suspicious.\n")
     acc = {f"{r['dataset']}/{r['model']}/{r['rate']}/{r['seed']}": round(r["val_accuracy"], 3) for r in results}
     print(markdown(summary, signals, len(plan["seeds"])))
+    fl = {k: float(np.mean([r["cleanlab_flagged"][k] for r in results])) for k in ("n_flagged", "precision", "recall")}
+    n_corr = float(np.mean([r["n_corrupted"] for r in results]))
+    print(f"\ncleanlab find_label_issues flagged set: {fl['n_flagged']:.0f} samples on average ({n_corr:.0f} corrupted), "
+          f"precision {fl['precision']:.3f}, recall {fl['recall']:.3f} (mean over runs)")
+    checks = targets(summary["overall"], DEFAULT_FLAG_SIGNAL)
+    print("\nTargets (averages over settings):")
+    for text, ok in checks:
+        print(f"- {'PASS' if ok else 'FAIL'}: {text}")
     print("\nFinal validation accuracy per run: " + ", ".join(f"{k}: {v}" for k, v in acc.items()))
     if args.json:
         doc = {
@@ -224,10 +267,16 @@ def main(argv: list[str] | None = None) -> int:
             "hyperparameters": hyper,
             "cleanlab": results[0]["cleanlab"],
             "default_flag_signal": DEFAULT_FLAG_SIGNAL,
-            "signals": {**SIGNALS, "cleanlab": "1 - cleanlab label quality (self-confidence) from out-of-sample CV probabilities (higher = more suspicious)"},
+            "signals": {
+                **SIGNALS,
+                "cleanlab": "1 - cleanlab label quality (self-confidence) from out-of-sample CV probabilities (higher = more suspicious)",
+                "cleanlab_find_label_issues": "cleanlab find_label_issues' flagged set first, then the rest; each by 1 - self-confidence",
+            },
             "wall_seconds": wall,
             "jobs": args.jobs,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+            "cleanlab_flagged": fl,
+            "targets": [{"target": t, "pass": bool(ok)} for t, ok in checks],
             "runs": results,
             "per_setting": [
                 {"dataset": d, "model": m, "rate": r, "signals": {s: {k: {"mean": v[0], "std": v[1]} for k, v in ms.items()} for s, ms in sig.items()}}

@@ -294,12 +294,17 @@ def test_quick_benchmark_runs_and_prints_the_table(repo_root, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| signal | AUROC | P@k | R@10% | R@20% |" in proc.stdout
-    for name in [*SIGNALS, "cleanlab"]:
+    for name in [*SIGNALS, "cleanlab", "cleanlab_find_label_issues"]:
         assert f"| {name} |" in proc.stdout
     doc = json.loads(out.read_text())
     assert doc["mode"] == "quick" and doc["hyperparameters"]
     for s, metrics in doc["overall"].items():
         assert 0.0 <= metrics["auroc"]["mean"] <= 1.0, s
+    # 20% flips on breast cancer are easy to find: the main signals and both cleanlab rows clearly beat chance
+    for s in ("aum", "dit_convergence", "cleanlab", "cleanlab_find_label_issues"):
+        assert doc["overall"][s]["auroc"]["mean"] > 0.85, (s, doc["overall"][s]["auroc"])
+    assert 0 < doc["cleanlab_flagged"]["n_flagged"] and 0.5 < doc["cleanlab_flagged"]["precision"] <= 1.0
+    assert [t["pass"] for t in doc["targets"]] and "Targets (averages over settings):" in proc.stdout
     assert all(math.isfinite(r["val_accuracy"]) and r["val_accuracy"] > 0.8 for r in doc["runs"])
 
 
