@@ -46,7 +46,15 @@ class TrainConfig:
         when the whole trajectory fits in ``max_trajectory_mb``.
     checkpoint_every : int or None
         Steps between stored checkpoints in checkpoint mode. ``None`` derives it from
-        ``replay_memory_mb`` (the memory one replayed segment may take in the sweep).
+        ``replay_memory_mb``, so that one replayed segment fits in it.
+    max_trajectory_mb : float
+        ``"auto"`` stores every step when the whole trajectory (parameters and optimizer
+        state, ``n_steps + 1`` rows) fits in this many MiB, else it uses checkpoint mode.
+    replay_memory_mb : float
+        The most memory (MiB) the exact replay between stored checkpoints keeps in the
+        sweep: per replayed step the parameters, the optimizer state and, for Adam/AdamW,
+        the mean gradient. A segment longer than fits (``checkpoint_every`` set by hand) is
+        replayed in pieces that do.
     dtype : {"float32", "float64"}
         Precision of training, the sweep and replay.
     device : str

@@ -111,18 +111,48 @@ class SegmentReplayer:
     """Yields (theta_t, state_t, grad_t or None) for descending t, replaying between stored rows.
 
     In full-trajectory mode every step is stored and nothing is replayed. In checkpoint
-    mode, each segment between two stored rows is replayed exactly once and the replayed
-    end point is compared with the stored one; ``max_deviation`` reports the worst
-    relative difference seen.
+    mode, the steps between two stored rows are replayed exactly and kept in a cache of
+    (θₜ, sₜ, ḡₜ) per step (ḡₜ only for optimizers that are not linear in the gradient,
+    :func:`dit_core.record.replay_step_values`). The cache never holds more than
+    ``memory_mb`` (default: the run's ``TrainConfig.replay_memory_mb``): the old cache is
+    released before a new one is built, and a segment that does not fit is cached in
+    chunks, aligned to the segment's end (the sweep runs backwards), each replayed from the
+    segment's stored start. The first replay of a segment runs to its end and is compared
+    with the stored row there; ``max_deviation`` reports the worst relative difference seen.
+
+    Attributes
+    ----------
+    memory_bytes : int
+        The bound on the cache.
+    chunk_steps : int
+        Steps cached at most at once (at least 1).
+    cached_bytes, peak_cached_bytes : int
+        Bytes of the tensors in the cache now, and the most it ever held.
+    replayed_steps : int
+        Steps replayed so far (more than the segment lengths when segments are chunked).
     """
 
-    def __init__(self, engine: Engine, tolerance: float | None = None):
+    def __init__(self, engine: Engine, tolerance: float | None = None, memory_mb: float | None = None):
+        from .record import replay_step_values
+
         self.e = engine
         self.full = len(engine.rows) == engine.run.n_steps + 1
         self.lo = self.hi = None
         self.cache: dict[int, tuple] = {}
         self.max_deviation = 0.0
         self.tolerance = tolerance if tolerance is not None else (1e-4 if engine.dtype == torch.float32 else 1e-9)
+        self.cache_gradients = not engine.spec.is_linear
+        itemsize = torch.finfo(engine.dtype).bits // 8
+        self.step_bytes = max(1, replay_step_values(engine.fm.n_params, engine.n_state, engine.spec.is_linear) * itemsize)
+        mb = engine.run.config.replay_memory_mb if memory_mb is None else memory_mb
+        if not mb > 0:
+            raise ConfigError(f"memory_mb={memory_mb!r} must be > 0")
+        self.memory_bytes = int(mb * 2**20)
+        self.chunk_steps = max(1, self.memory_bytes // self.step_bytes)
+        self.cached_bytes = 0
+        self.peak_cached_bytes = 0
+        self.replayed_steps = 0
+        self._verified: set[tuple[int, int]] = set()
 
     def theta_at(self, t: int) -> torch.Tensor:
         if t in self.e.row_of:
@@ -137,24 +167,43 @@ class SegmentReplayer:
         self._load(t)
         return self.cache[t]
 
+    def _release(self) -> None:
+        self.cache, self.lo, self.hi = {}, None, None
+        self.cached_bytes = 0
+
     def _load(self, t: int) -> None:
         if self.lo is not None and self.lo <= t < self.hi:
             return
         i = int(np.searchsorted(self.e.rows, t, side="right") - 1)
         lo, hi = int(self.e.rows[i]), int(self.e.rows[i + 1])
+        # the chunk of at most chunk_steps steps holding t, counted back from the segment's end
+        m = self.chunk_steps
+        c_hi = hi - ((hi - 1 - t) // m) * m
+        c_lo = max(lo, c_hi - m)
+        verify = (lo, hi) not in self._verified
+        end = hi if verify else c_hi
+        self._release()  # free the old cache before building the new one
         theta, state = self.e.stored(lo)
-        cache = {}
-        for s in range(lo, hi):
+        cache: dict[int, tuple] = {}
+        for s in range(lo, end):
             new_theta, new_state, g = self.e.train_step(theta, state, s)
-            cache[s] = (theta, state, g)
+            if c_lo <= s < c_hi:
+                entry = (theta, state, g if self.cache_gradients else None)
+                cache[s] = entry
+                self.cached_bytes += sum(x.numel() * x.element_size() for x in entry if x is not None)
+                self.peak_cached_bytes = max(self.peak_cached_bytes, self.cached_bytes)
             theta, state = new_theta, new_state
-        ref, _ = self.e.stored(hi)
-        dev = float((theta - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
-        self.max_deviation = max(self.max_deviation, dev)
-        if dev > self.tolerance:
-            raise RunIncompleteError(
-                f"exact replay of steps [{lo}, {hi}) does not reproduce the stored checkpoint at step {hi} "
-                f"(relative deviation {dev:.3g} > {self.tolerance:g}); the run's trajectory is damaged or was "
-                "recorded with a different model/loss/device"
-            )
-        self.cache, self.lo, self.hi = cache, lo, hi
+            self.replayed_steps += 1
+        if verify:
+            ref, _ = self.e.stored(hi)
+            dev = float((theta - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+            self.max_deviation = max(self.max_deviation, dev)
+            if dev > self.tolerance:
+                self._release()
+                raise RunIncompleteError(
+                    f"exact replay of steps [{lo}, {hi}) does not reproduce the stored checkpoint at step {hi} "
+                    f"(relative deviation {dev:.3g} > {self.tolerance:g}); the run's trajectory is damaged or was "
+                    "recorded with a different model/loss/device"
+                )
+            self._verified.add((lo, hi))
+        self.cache, self.lo, self.hi = cache, c_lo, c_hi

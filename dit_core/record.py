@@ -135,9 +135,27 @@ def margins(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- recording
-def plan_trajectory(config: TrainConfig, n_steps: int, row_values: int, itemsize: int) -> tuple[str, int]:
-    """Choose the trajectory mode and checkpoint spacing: returns (mode, every)."""
+def replay_step_values(n_params: int, state_size: int, linear: bool) -> int:
+    """Values the sweep's exact replay caches per step in checkpoint mode.
+
+    Each replayed step keeps θₜ (P values) and the optimizer state sₜ (S values); for
+    optimizers that are not linear in the gradient (Adam/AdamW) also the mean gradient ḡₜ
+    (P values), which their step's vector-Jacobian product needs.
+    """
+    return n_params + state_size + (0 if linear else n_params)
+
+
+def plan_trajectory(config: TrainConfig, n_steps: int, row_values: int, cache_values: int, itemsize: int) -> tuple[str, int]:
+    """Choose the trajectory mode and checkpoint spacing: returns (mode, every).
+
+    ``row_values`` is what one stored row holds (θ and the optimizer state, P + S values):
+    ``"auto"`` stores every step when ``n_steps + 1`` rows fit in ``max_trajectory_mb``.
+    ``cache_values`` is what the replay between stored rows keeps per step
+    (:func:`replay_step_values`): in checkpoint mode without ``checkpoint_every``, a
+    segment holds as many steps as fit in ``replay_memory_mb``.
+    """
     row_bytes = max(row_values, 1) * itemsize
+    cache_bytes = max(cache_values, 1) * itemsize
     mode = config.trajectory
     if mode == "auto":
         mode = "full" if (n_steps + 1) * row_bytes <= config.max_trajectory_mb * 2**20 else "checkpoint"
@@ -145,11 +163,11 @@ def plan_trajectory(config: TrainConfig, n_steps: int, row_values: int, itemsize
         return "full", 1
     every = config.checkpoint_every
     if every is None:
-        every = int(config.replay_memory_mb * 2**20 // row_bytes)
+        every = int(config.replay_memory_mb * 2**20 // cache_bytes)
         if every < 1:
             raise ConfigError(
-                f"TrainConfig.replay_memory_mb={config.replay_memory_mb} cannot hold even one step of "
-                f"{row_values} values; raise it"
+                f"TrainConfig.replay_memory_mb={config.replay_memory_mb} cannot hold even one replayed step of "
+                f"{cache_values} values ({cache_bytes} bytes); raise it"
             )
     return "checkpoint", max(1, min(every, n_steps))
 
@@ -275,7 +293,9 @@ def record(
     P = fm.n_params
     S = spec.state_size(P)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    mode, every = plan_trajectory(config, n_steps, P + S, np.dtype(np_dtype).itemsize)
+    mode, every = plan_trajectory(
+        config, n_steps, P + S, replay_step_values(P, S, spec.is_linear), np.dtype(np_dtype).itemsize
+    )
     rows = stored_rows(mode, every, n_steps)
     row_index = {int(s): i for i, s in enumerate(rows)}
 

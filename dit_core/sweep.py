@@ -296,6 +296,9 @@ def compute(
             "device": str(engine.device),
             "dtype": engine.dtype_name,
             "replay_max_relative_deviation": replayer.max_deviation,
+            "replay_memory_bytes": replayer.memory_bytes,
+            "replay_cache_peak_bytes": replayer.peak_cached_bytes,
+            "replayed_steps": replayer.replayed_steps,
             "sign_convention": run.manifest["sign_convention"],
         }
         if grad_norm2 is not None:

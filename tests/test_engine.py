@@ -387,6 +387,117 @@ def test_checkpoint_trajectory_mode_equals_full_mode(tmp_path, opt):
     assert b.influence_manifest["replay_max_relative_deviation"] < 1e-12
 
 
+ADAM = dict(optimizer="adam", lr=0.03)
+
+
+def _adam_step_bytes(path) -> tuple[int, int, int]:
+    """(P, S, bytes the replay caches per step) of a float64 Adam run: θ, state (m, v) and ḡ."""
+    m = dit.load_run(path).manifest
+    P, S = m["n_params"], m["trajectory"]["state_size"]
+    assert S == 2 * P
+    return P, S, (P + S + P) * 8
+
+
+def test_checkpoint_spacing_is_sized_by_what_the_replay_caches(tmp_path):
+    probe, _ = record_tiny(tmp_path / "probe", trajectory="full", epochs=1, **ADAM)
+    P, S, step_bytes = _adam_step_bytes(probe)
+    assert step_bytes == 4 * P * 8 and P == 75
+    # room for exactly 3 cached steps (θ, m, v and ḡ each) -- but 5 stored rows of P + S values
+    mb = (3 * step_bytes + 100) / 2**20
+    ckpt, _ = record_tiny(tmp_path / "ckpt", trajectory="checkpoint", replay_memory_mb=mb, **ADAM)
+    run = dit.load_run(ckpt)
+    assert run.manifest["trajectory"]["every"] == 3
+    np.testing.assert_array_equal(np.load(Path(ckpt) / "trajectory" / "steps.npy", allow_pickle=False), [0, 3, 6, 9, 12])
+    full, _ = record_tiny(tmp_path / "full", trajectory="full", **ADAM)
+    a = dit.compute(full, progress=False)
+    b = dit.compute(ckpt, progress=False)
+    im = b.influence_manifest
+    assert im["replay_memory_bytes"] == int(mb * 2**20)
+    assert im["replay_cache_peak_bytes"] == 3 * step_bytes <= im["replay_memory_bytes"]
+    assert im["replayed_steps"] == 12  # every segment replayed once
+    np.testing.assert_allclose(b.contributions(), a.contributions(), rtol=0, atol=1e-12 * np.abs(a.contributions()).max())
+
+
+def test_replay_cache_honours_the_bound_when_segments_are_longer(tmp_path):
+    """checkpoint_every set by hand beyond replay_memory_mb: the segment is cached in pieces."""
+    full, _ = record_tiny(tmp_path / "full", trajectory="full", **ADAM)
+    P, S, step_bytes = _adam_step_bytes(full)
+    mb = (2 * step_bytes + 10) / 2**20  # 2 steps at a time, segments of 6
+    ckpt, _ = record_tiny(tmp_path / "ckpt", trajectory="checkpoint", checkpoint_every=6, replay_memory_mb=mb, **ADAM)
+    from dit_core.engine import Engine, SegmentReplayer
+
+    engine = Engine(dit.load_run(ckpt))
+    rep = SegmentReplayer(engine)
+    assert rep.memory_bytes == int(mb * 2**20) and rep.chunk_steps == 2
+    T = engine.run.n_steps
+    full_engine = Engine(dit.load_run(full))
+    seen = []
+    for t in range(T - 1, -1, -1):
+        theta, state, g = rep.step_data(t)
+        seen.append(rep.cached_bytes)
+        assert len(rep.cache) <= 2 and rep.cached_bytes <= rep.memory_bytes
+        # the replayed step data equal the fully stored trajectory (and the gradient there)
+        ref_theta, ref_state = full_engine.stored(t)
+        torch.testing.assert_close(theta, ref_theta, rtol=0, atol=1e-13)
+        torch.testing.assert_close(state, ref_state, rtol=0, atol=1e-13)
+        _, Xb, yb = engine.batch(t)
+        torch.testing.assert_close(g, engine.gradient(ref_theta, Xb, yb), rtol=0, atol=1e-12)
+    assert rep.peak_cached_bytes == 2 * step_bytes == max(seen)
+    # segments [0, 6) and [6, 12): the last chunk of each replays the whole segment (checked
+    # against the stored end), earlier chunks replay from the segment's start to their end
+    assert rep.replayed_steps == (6 + 4 + 2) * 2
+    assert rep.max_deviation < 1e-12
+    a = dit.compute(full, progress=False)
+    b = dit.compute(ckpt, progress=False)
+    assert b.influence_manifest["replay_cache_peak_bytes"] <= int(mb * 2**20)
+    np.testing.assert_allclose(b.contributions(), a.contributions(), rtol=0, atol=1e-12 * np.abs(a.contributions()).max())
+
+
+def test_old_replay_cache_is_released_before_the_next_is_built(tmp_path):
+    import weakref
+
+    from dit_core.engine import Engine, SegmentReplayer
+
+    ckpt, _ = record_tiny(tmp_path / "ckpt", trajectory="checkpoint", checkpoint_every=4, **ADAM)
+    engine = Engine(dit.load_run(ckpt))
+    rep = SegmentReplayer(engine)
+    rep.step_data(11)  # caches segment [8, 12)
+    assert sorted(rep.cache) == [8, 9, 10, 11]
+    refs = [weakref.ref(x) for entry in rep.cache.values() for x in entry if x is not None]
+    alive_during_build = []
+    original = engine.train_step
+
+    def spy(theta, state, t):
+        alive_during_build.append(sum(r() is not None for r in refs))
+        return original(theta, state, t)
+
+    engine.train_step = spy
+    rep.step_data(7)  # builds segment [4, 8)
+    assert sorted(rep.cache) == [4, 5, 6, 7]
+    assert len(alive_during_build) == 4 and max(alive_during_build) == 0
+
+
+def test_auto_trajectory_chooses_checkpoint_mode_when_the_trajectory_is_too_big(tmp_path):
+    full, _ = record_tiny(tmp_path / "full", trajectory="full", momentum=0.9, lr=0.1)
+    m = dit.load_run(full).manifest
+    P, S = m["n_params"], m["trajectory"]["state_size"]
+    trajectory_mb = 13 * (P + S) * 8 / 2**20  # 12 steps + θ0, float64
+    roomy, _ = record_tiny(tmp_path / "roomy", trajectory="auto", max_trajectory_mb=trajectory_mb, momentum=0.9, lr=0.1)
+    assert dit.load_run(roomy).manifest["trajectory"]["mode"] == "full"
+    small, _ = record_tiny(
+        tmp_path / "small", trajectory="auto", max_trajectory_mb=0.99 * trajectory_mb,
+        replay_memory_mb=5 * (P + S) * 8 / 2**20, momentum=0.9, lr=0.1,
+    )
+    run = dit.load_run(small)
+    assert run.manifest["trajectory"]["mode"] == "checkpoint" and run.manifest["trajectory"]["every"] == 5
+    np.testing.assert_array_equal(np.load(Path(small) / "trajectory" / "steps.npy", allow_pickle=False), [0, 5, 10, 12])
+    a = dit.compute(full, progress=False)
+    b = dit.compute(small, progress=False)
+    np.testing.assert_allclose(b.contributions(), a.contributions(), rtol=0, atol=1e-12 * np.abs(a.contributions()).max())
+    assert b.influence_manifest["replay_max_relative_deviation"] <= 1e-12
+    assert b.influence_manifest["replay_cache_peak_bytes"] == 5 * (P + S) * 8  # SGD caches no gradient
+
+
 def test_tampered_checkpoint_is_caught(tmp_path):
     ckpt, _ = record_tiny(tmp_path / "ckpt", trajectory="checkpoint", checkpoint_every=5)
     params_file = Path(ckpt) / "trajectory" / "params.npy"
