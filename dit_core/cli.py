@@ -224,7 +224,9 @@ def run_summary(run) -> dict:
         "final_val_loss": None if last is None else float(last["val_loss"]),
         "final_val_accuracy": None if last is None else float(last["val_accuracy"]),
         "n_corrupted": int(run.samples["is_corrupted"].sum()) if "is_corrupted" in run.samples else None,
-        "trajectory": m["trajectory"]["mode"] if run.has_trajectory else "not stored",
+        "trajectory": m["trajectory"]["mode"] if run.has_trajectory else (
+            "not stored (replayed from initial_params.npy when needed)" if run.replayable else "not stored"
+        ),
         "influence": None,
         "sign_convention": m["sign_convention"],
     }
@@ -354,7 +356,12 @@ def cmd_export(args) -> int:
 def _add_strip(sub) -> None:
     p = sub.add_parser(
         "strip",
-        help="delete a run's stored trajectory to save space (influence stays; no further compute/replay)",
+        help="delete a run's stored trajectory to save space (influence and initial parameters stay)",
+        description=(
+            "Delete RUN/trajectory/. The computed influence stays usable, and so do the initial parameters "
+            "(initial_params.npy, initial_state.npy): `dit compute` and `dit validate` then replay the recorded "
+            "run from them (one extra pass over the training steps)."
+        ),
     )
     p.add_argument("run")
     p.set_defaults(func=cmd_strip)
@@ -365,7 +372,7 @@ def cmd_strip(args) -> int:
 
     run = load_run(args.run)
     freed = strip_trajectory(run.path)
-    print(f"removed the trajectory of {run.path} ({freed / 2**20:.1f} MiB freed)")
+    print(f"removed the trajectory of {run.path} ({freed / 2**20:.1f} MiB freed); initial parameters kept")
     return 0
 
 

@@ -6,6 +6,8 @@ recorded training with exactly the code that recorded it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.func import grad
@@ -15,7 +17,7 @@ from ._io import load_npy
 from ._modelspec import build_from_description, check_param_layout
 from .errors import ConfigError, RunIncompleteError
 from .optim import OptimizerSpec, step as optimizer_step
-from .run import Run
+from .run import INITIAL_PARAMS, Run
 
 
 def _spec_from_manifest(run: Run) -> OptimizerSpec:
@@ -59,15 +61,92 @@ class Engine:
         self.grad_fn = grad(self.fm.batch_loss_aux, has_aux=True)
         self.n_state = self.spec.state_size(self.fm.n_params)
         tdir = run.path / "trajectory"
-        if not (tdir / "params.npy").exists():
-            raise RunIncompleteError(
-                f"{run.path} has no stored trajectory (trajectory/params.npy): it was saved without it "
-                "(e.g. a bundled sample run), so influence and replay cannot be recomputed for it"
-            )
-        self.rows = np.asarray(load_npy(tdir / "steps.npy", mmap=False), dtype=np.int64)
-        self.params = load_npy(tdir / "params.npy")
-        self.states = load_npy(tdir / "state.npy") if self.n_state else None
+        self.regenerated = not run.has_trajectory
+        if self.regenerated:
+            if not (run.path / INITIAL_PARAMS).exists():
+                raise RunIncompleteError(
+                    f"{run.path} has no stored trajectory (trajectory/params.npy) and no initial parameters "
+                    f"({INITIAL_PARAMS}): it was saved without them (e.g. a bundled sample run, or stripped by an "
+                    "earlier DIT), so influence and replay cannot be recomputed for it"
+                )
+            self.rows, self.params, self.states = self._regenerate_trajectory()
+        else:
+            self.rows = np.asarray(load_npy(tdir / "steps.npy", mmap=False), dtype=np.int64)
+            self.params = load_npy(tdir / "params.npy")
+            self.states = load_npy(tdir / "state.npy") if self.n_state else None
+            if (run.path / INITIAL_PARAMS).exists() and not np.array_equal(run.initial_params, self.params[0]):
+                raise RunIncompleteError(
+                    f"{run.path / INITIAL_PARAMS} differs from the trajectory's first row (trajectory/params.npy): "
+                    "the run is damaged"
+                )
         self.row_of = {int(s): i for i, s in enumerate(self.rows)}
+
+    def _regenerate_trajectory(self):
+        """Checkpoint rows of a stripped run, rebuilt by replaying the recorded steps from θ₀.
+
+        The rows are spaced as a checkpoint-mode recording would space them (so the sweep's
+        replay cache fits in ``replay_memory_mb``) and written to a temporary directory that is
+        removed with the run object. Every step's minibatch loss must equal the recorded one
+        (``steps.parquet``), which checks that model, loss, device and data reproduce the run.
+        Cached per run object, device and dtype, so several replays of one run regenerate once.
+        """
+        import dataclasses
+        import shutil
+        import tempfile
+        import weakref
+
+        from ._io import commit_npy, open_npy_for_writing
+        from .record import plan_trajectory, replay_step_values, stored_rows
+
+        run, fm = self.run, self.fm
+        key = (str(self.device), self.dtype_name)
+        cache = run.__dict__.setdefault("_regenerated_trajectories", {})
+        if key in cache:
+            return cache[key]
+        T, P, S = run.n_steps, fm.n_params, self.n_state
+        np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
+        itemsize = np.dtype(np_dtype).itemsize
+        cfg = dataclasses.replace(run.config, trajectory="checkpoint", checkpoint_every=None)
+        _, every = plan_trajectory(cfg, T, P + S, replay_step_values(P, S, self.spec.is_linear), itemsize)
+        rows = stored_rows("checkpoint", every, T)
+        tmpdir = Path(tempfile.mkdtemp(prefix="dit-trajectory-"))
+        weakref.finalize(run, shutil.rmtree, str(tmpdir), True)
+        params_mm, params_tmp = open_npy_for_writing(tmpdir / "params.npy", (len(rows), P), np_dtype)
+        state_mm, state_tmp = open_npy_for_writing(tmpdir / "state.npy", (len(rows), S), np_dtype) if S else (None, None)
+        recorded = run.steps["batch_loss"].to_numpy(dtype=np.float64)
+        scale = float(np.abs(recorded).max()) if len(recorded) else 1.0
+        tol = (1e-4 if self.dtype == torch.float32 else 1e-9) * max(scale, 1e-12)
+        theta = torch.as_tensor(np.array(run.initial_params), dtype=self.dtype, device=self.device)
+        state = torch.as_tensor(np.array(run.initial_state), dtype=self.dtype, device=self.device)
+        row_index = {int(r): i for i, r in enumerate(rows)}
+
+        def store(t, th, st):
+            if t in row_index:
+                params_mm[row_index[t]] = th.detach().cpu().numpy()
+                if S:
+                    state_mm[row_index[t]] = st.detach().cpu().numpy()
+
+        store(0, theta, state)
+        for t in range(T):
+            _, Xb, yb = self.batch(t)
+            B = Xb.shape[0]
+            ones = torch.ones(B, dtype=self.dtype, device=self.device)
+            g, (losses, _) = self.grad_fn(theta, Xb, yb, ones, B)
+            loss = float(losses.sum() / B)
+            if not abs(loss - recorded[t]) <= tol:
+                raise RunIncompleteError(
+                    f"replaying the stripped run {run.path} from its initial parameters does not reproduce the "
+                    f"recorded minibatch loss at step {t} ({loss!r} instead of {recorded[t]!r}); the run is damaged "
+                    "or was recorded with a different model/loss/device"
+                )
+            theta, state = optimizer_step(self.spec, theta, state, g, float(self.lrs[t]), t)
+            store(t + 1, theta, state)
+        commit_npy(params_mm, params_tmp, tmpdir / "params.npy")
+        if S:
+            commit_npy(state_mm, state_tmp, tmpdir / "state.npy")
+        out = (rows, load_npy(tmpdir / "params.npy"), load_npy(tmpdir / "state.npy") if S else None)
+        cache[key] = out
+        return out
 
     def _labels(self, y: np.ndarray) -> torch.Tensor:
         y = np.asarray(y)
@@ -87,6 +166,7 @@ class Engine:
 
     @property
     def theta0(self) -> torch.Tensor:
+        """θ₀ (row 0 of the trajectory, which equals ``run.initial_params``)."""
         return self.stored(0)[0]
 
     # ------------------------------------------------------------------ one step

@@ -37,6 +37,7 @@ from ._progress import progress_bar
 from .config import TrainConfig
 from .errors import ConfigError, DataError, ModelError, RunExistsError, TrainingDivergedError
 from .optim import OptimizerSpec, init_state, step as optimizer_step
+from .run import INITIAL_PARAMS, INITIAL_STATE
 
 DataLike = Any  # (X, y) tensors/arrays, or a torch.utils.data.Dataset of (x, y)
 
@@ -328,6 +329,10 @@ def _train_and_write(
     save_npy(work / "train_y.npy", y_train)
     save_npy(work / "val_X.npy", X_val)
     save_npy(work / "val_y.npy", y_val)
+    # θ₀ and the initial optimizer state on their own, so that a stripped run keeps them
+    save_npy(work / INITIAL_PARAMS, theta.detach().cpu().numpy().astype(np_dtype, copy=False))
+    if S:
+        save_npy(work / INITIAL_STATE, init_state(spec, theta).detach().cpu().numpy().astype(np_dtype, copy=False))
 
     traj_dir = work / "trajectory"
     traj_dir.mkdir()

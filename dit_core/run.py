@@ -28,6 +28,10 @@ from .queries import parse_query
 
 INFLUENCE_DIR = "influence"
 INFLUENCE_MANIFEST = "influence.json"
+#: θ₀ and the optimizer's initial state, kept apart from the trajectory so that ``dit strip``
+#: keeps them (a stripped run is replayed from them).
+INITIAL_PARAMS = "initial_params.npy"
+INITIAL_STATE = "initial_state.npy"
 
 _RUN_FILES = (
     "train_X.npy",
@@ -103,6 +107,10 @@ class Run:
         The step at which each sample was used in each epoch.
     sample_loss, sample_margin : ndarray (n_train, n_epochs)
         Each sample's loss and margin (own logit minus largest other) at the step it was used.
+    initial_params : ndarray (n_params,)
+        θ₀, the parameters before training (kept by ``dit strip``).
+    initial_state : ndarray (state_size,)
+        The optimizer state before training (empty for plain SGD).
     """
 
     def __init__(self, path: Path, manifest: dict):
@@ -155,6 +163,58 @@ class Run:
     @property
     def has_trajectory(self) -> bool:
         return (self.path / "trajectory" / "params.npy").exists()
+
+    @property
+    def state_size(self) -> int:
+        """Values of optimizer state per step (0 for plain SGD, P with momentum, 2P for Adam)."""
+        return int(self.manifest["trajectory"].get("state_size", 0))
+
+    @property
+    def has_initial_params(self) -> bool:
+        """True when θ₀ is known: ``initial_params.npy``, or row 0 of the stored trajectory."""
+        return (self.path / INITIAL_PARAMS).exists() or self.has_trajectory
+
+    @property
+    def replayable(self) -> bool:
+        """True when influence and exact replay can be (re)computed: a trajectory or θ₀ is stored."""
+        return self.has_initial_params
+
+    @property
+    def _np_dtype(self) -> np.dtype:
+        return np.dtype(self.manifest["config"].get("dtype", "float32"))
+
+    def _initial(self, name: str, row_file: str, size: int, what: str) -> np.ndarray:
+        f = self.path / name
+        if f.exists():
+            arr = load_npy(f, mmap=False)
+        elif self.has_trajectory and (size == 0 or (self.path / "trajectory" / row_file).exists()):
+            arr = np.array(load_npy(self.path / "trajectory" / row_file)[0]) if size else np.zeros(0, self._np_dtype)
+        elif size == 0:
+            arr = np.zeros(0, self._np_dtype)
+        else:
+            raise RunIncompleteError(
+                f"{self.path} has no {what}: {name} is missing and the trajectory was stripped (a run recorded by an "
+                "earlier DIT, or a bundled sample run), so the run cannot be replayed and influence cannot be "
+                "recomputed; record it again"
+            )
+        if arr.shape != (size,):
+            raise RunIncompleteError(f"{self.path / name} has shape {arr.shape}, expected ({size},); the run is damaged")
+        arr.setflags(write=False)
+        return arr
+
+    @functools.cached_property
+    def initial_params(self) -> np.ndarray:
+        """θ₀, the parameters before the first step, flat (n_params,) in the order of ``manifest["params"]``.
+
+        Read from ``initial_params.npy`` (kept by ``dit strip``), else from row 0 of the stored
+        trajectory. Raises :class:`RunIncompleteError` when neither is there.
+        """
+        return self._initial(INITIAL_PARAMS, "params.npy", int(self.manifest["n_params"]), "initial parameters")
+
+    @functools.cached_property
+    def initial_state(self) -> np.ndarray:
+        """The optimizer state before the first step (state_size,); empty for plain SGD."""
+        return self._initial(INITIAL_STATE, "state.npy", self.state_size, "initial optimizer state")
 
     @functools.cached_property
     def steps(self) -> pd.DataFrame:
@@ -429,17 +489,24 @@ def load_run(path: str | os.PathLike) -> Run:
 def strip_trajectory(path: str | os.PathLike) -> int:
     """Delete a run's stored trajectory (parameters at every step/checkpoint) to save space.
 
-    The influence already computed stays usable; recomputing influence or replaying is no
-    longer possible. The manifest is updated first (atomically), then the files are removed.
-    Returns the number of bytes freed.
+    The influence already computed stays usable, and so do θ₀ and the initial optimizer
+    state (``initial_params.npy``, ``initial_state.npy``; written from the trajectory's first
+    row first if the run predates them): recomputing influence or replaying then replays the
+    recorded run from θ₀ (one extra pass over the training steps). The manifest is updated
+    first (atomically), then the files are removed. Returns the number of bytes freed.
     """
     import shutil
 
-    from ._io import write_json
+    from ._io import save_npy, write_json
 
     path = Path(path)
     manifest = read_manifest(path)
+    run = Run(path, manifest)
     tdir = path / "trajectory"
+    if run.has_trajectory:
+        for name, arr in ((INITIAL_PARAMS, run.initial_params), (INITIAL_STATE, run.initial_state)):
+            if not (path / name).exists() and (name == INITIAL_PARAMS or arr.size):
+                save_npy(path / name, arr)
     freed = sum(f.stat().st_size for f in tdir.rglob("*") if f.is_file()) if tdir.exists() else 0
     manifest["trajectory"] = {**manifest["trajectory"], "stored": False}
     write_json(path / MANIFEST, manifest)

@@ -420,7 +420,8 @@ def validate(
     Parameters
     ----------
     run_dir : path or Run
-        A run with influence computed and its trajectory stored.
+        A run with influence computed and its trajectory stored (or, for a stripped run, its
+        initial parameters: it is then replayed from them once more).
     n_samples : int, default 40
         Samples per window (at least 3; capped at the number of training samples).
     windows : sequence of str, default ``DEFAULT_WINDOWS``
@@ -458,10 +459,13 @@ def validate(
         raise ConfigError(f"windows contains duplicates: {windows}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 3:
         raise ConfigError(f"n_samples={n_samples!r} must be an integer >= 3 (correlations need at least 3 samples)")
-    if not run.has_trajectory:
+    if not run.replayable:
         from .errors import RunIncompleteError
 
-        raise RunIncompleteError(f"{run.path} has no stored trajectory, so it cannot be replayed; validate a run recorded with its trajectory")
+        raise RunIncompleteError(
+            f"{run.path} has no stored trajectory and no initial parameters (initial_params.npy), so it cannot be "
+            "replayed; validate a run recorded with them"
+        )
     run.checkpoint_index(None)  # raises InfluenceNotComputedError when nothing was computed
     query = query or run.queries[0]
     run._query_entry(query)  # raises when the query was not computed

@@ -83,18 +83,27 @@ def test_compute_method_jvp_gives_the_same_influence(iris_run: Path, tmp_path: P
     np.testing.assert_allclose(run.contributions("val_loss"), ref.contributions("val_loss"), rtol=1e-9, atol=1e-12)
 
 
-def test_strip_keeps_influence_but_blocks_recompute(tmp_path: Path, iris_run: Path, capsys) -> None:
+def test_strip_keeps_influence_and_initial_parameters(tmp_path: Path, iris_run: Path, capsys) -> None:
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(iris_run, copy)
-    before = dit.load_run(copy).window_influence(0, 16)
+    ref = dit.load_run(copy)
+    before, theta0 = ref.window_influence(0, 16), np.array(ref.initial_params)
+    contrib = np.array(ref.contributions())
     assert main(["strip", str(copy)]) == 0
+    assert "initial parameters kept" in capsys.readouterr().out
     run = dit.load_run(copy)
-    assert not run.has_trajectory
+    assert not run.has_trajectory and not (copy / "trajectory").exists()
     np.testing.assert_array_equal(run.window_influence(0, 16), before)
+    np.testing.assert_array_equal(np.load(copy / "initial_params.npy", allow_pickle=False), theta0)
+    # recomputing replays the run from θ0 and gives the same influence
+    assert main(["compute", str(copy), "--overwrite", "--quiet"]) == 0
+    np.testing.assert_allclose(dit.load_run(copy).contributions(), contrib, rtol=0, atol=1e-13 * np.abs(contrib).max())
+    (copy / "initial_params.npy").unlink()
     assert main(["compute", str(copy), "--checkpoints", "final", "--overwrite", "--quiet"]) == 2
-    assert "no stored trajectory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no stored trajectory" in err and "initial_params.npy" in err
 
 
 @pytest.mark.parametrize(

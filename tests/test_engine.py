@@ -510,6 +510,96 @@ def test_tampered_checkpoint_is_caught(tmp_path):
     assert not (Path(ckpt) / "influence").exists()
 
 
+# ----------------------------------------------------------------------------- initial parameters, strip
+def _flat(model) -> np.ndarray:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(DTYPE).numpy()
+
+
+@pytest.mark.parametrize("opt", [dict(), dict(momentum=0.9, lr=0.1), ADAM])
+def test_initial_parameters_are_stored_on_their_own(tmp_path, opt):
+    path, model0 = record_tiny(tmp_path / "run", trajectory="checkpoint", checkpoint_every=5, **opt)
+    run = dit.load_run(path)
+    P, S = run.manifest["n_params"], run.manifest["trajectory"]["state_size"]
+    theta0 = np.load(Path(path) / "initial_params.npy", allow_pickle=False)
+    assert theta0.dtype == np.float64 and theta0.shape == (P,)
+    np.testing.assert_array_equal(theta0, _flat(model0))  # the model's parameters before training
+    np.testing.assert_array_equal(run.initial_params, theta0)
+    np.testing.assert_array_equal(np.load(Path(path) / "trajectory" / "params.npy", allow_pickle=False)[0], theta0)
+    assert run.initial_state.shape == (S,)
+    assert (Path(path) / "initial_state.npy").exists() == (S > 0)
+    if S:
+        np.testing.assert_array_equal(run.initial_state, np.zeros(S))  # torch.optim starts from zero buffers
+    assert (S > 0) == bool(opt)
+
+
+def test_stripped_run_is_replayed_from_its_initial_parameters(tmp_path):
+    from dit_core.replay import replay
+    from dit_core.run import strip_trajectory
+
+    path, _ = record_tiny(tmp_path / "run", momentum=0.9, lr=0.1)
+    before = dit.compute(path, progress=False)
+    contrib = np.array(before.contributions())
+    exact = replay(before, [1, 7, 15], 3, 9, progress=False)
+    theta0 = np.array(before.initial_params)
+    stored = np.load(Path(path) / "trajectory" / "params.npy", allow_pickle=False)
+    assert stored.shape[0] == 13  # full mode: every step
+    assert strip_trajectory(path) > 0
+    run = dit.load_run(path)
+    assert not run.has_trajectory and run.replayable
+    np.testing.assert_array_equal(run.initial_params, theta0)
+    P = run.manifest["n_params"]
+    again = dit.compute(path, overwrite=True, progress=False)
+    np.testing.assert_allclose(again.contributions(), contrib, rtol=0, atol=1e-13 * np.abs(contrib).max())
+    assert not (Path(path) / "trajectory").exists()  # nothing was written back into the run
+    from dit_core.engine import Engine
+
+    engine = Engine(run)
+    assert engine.regenerated and engine.rows.tolist() == [0, 12]
+    # a small replay budget: the regenerated rows are spaced like a checkpoint recording
+    m = json.loads((Path(path) / "manifest.json").read_text())
+    m["config"]["replay_memory_mb"] = 4 * 2 * P * 8 / 2**20  # 4 steps of θ and momentum
+    (Path(path) / "manifest.json").write_text(json.dumps(m))
+    small = Engine(dit.load_run(path))
+    assert small.rows.tolist() == [0, 4, 8, 12]
+    for t in (4, 8, 12):  # the regenerated rows are the recorded parameters, bit for bit
+        np.testing.assert_array_equal(small.stored(t)[0].numpy(), stored[t])
+    r = replay(dit.load_run(path), [1, 7, 15], 3, 9, progress=False)
+    np.testing.assert_allclose(r.influence, exact.influence, rtol=0, atol=1e-13)
+    assert np.abs(exact.influence).max() > 1e-4
+    assert r.trajectory_deviation < 1e-12
+
+
+def test_stripped_run_without_or_with_damaged_initial_parameters(tmp_path):
+    from dit_core.run import strip_trajectory
+
+    path, _ = record_tiny(tmp_path / "run", epochs=2)
+    old = tmp_path / "old"  # as if recorded before initial_params.npy existed: strip writes it from row 0
+    shutil.copytree(path, old)
+    (old / "initial_params.npy").unlink()
+    row0 = np.load(old / "trajectory" / "params.npy", allow_pickle=False)[0]
+    strip_trajectory(old)
+    np.testing.assert_array_equal(np.load(old / "initial_params.npy", allow_pickle=False), row0)
+    strip_trajectory(path)
+    lost = tmp_path / "lost"
+    shutil.copytree(path, lost)
+    (lost / "initial_params.npy").unlink()
+    run = dit.load_run(lost)  # no error on load
+    assert not run.replayable
+    with pytest.raises(RunIncompleteError, match=r"no initial parameters: initial_params.npy is missing"):
+        run.initial_params
+    with pytest.raises(RunIncompleteError, match=r"no initial parameters \(initial_params.npy\)"):
+        dit.compute(lost, progress=False)
+    with pytest.raises(RunIncompleteError, match=r"no initial parameters \(initial_params.npy\)"):
+        dit.replay(lost, [0], progress=False)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(path, damaged)
+    theta0 = np.load(damaged / "initial_params.npy", allow_pickle=False)
+    theta0[0] += 1e-3
+    np.save(damaged / "initial_params.npy", theta0, allow_pickle=False)
+    with pytest.raises(RunIncompleteError, match=r"does not reproduce the recorded minibatch loss at step 0"):
+        dit.compute(damaged, progress=False)
+
+
 # ----------------------------------------------------------------------------- queries, user models
 def test_multiple_queries_equal_separate_sweeps(tmp_path):
     path, _ = record_tiny(tmp_path / "run")
@@ -685,7 +775,9 @@ def test_damaged_run_directories(tmp_path, small_run):
     shutil.copytree(small_run.path, no_traj)
     shutil.rmtree(no_traj / "influence")
     (no_traj / "trajectory" / "params.npy").unlink()
-    with pytest.raises(RunIncompleteError, match="no stored trajectory"):
+    (no_traj / "initial_params.npy").unlink()
+    dit.load_run(no_traj)  # loading works; only what needs θ0 fails
+    with pytest.raises(RunIncompleteError, match=r"no stored trajectory .* and no initial parameters \(initial_params.npy\)"):
         dit.compute(no_traj, progress=False)
     half = tmp_path / "half"
     shutil.copytree(small_run.path, half)

@@ -300,3 +300,25 @@ def test_cli_validate_json_and_errors(runs, tmp_path, capsys):
     code = cli_main(["validate", str(runs["logreg"]), "--windows", "bogus", "--quiet"])
     assert code == 2
     assert "unknown window 'bogus'" in capsys.readouterr().err
+
+
+def test_validate_a_stripped_run_replays_it_from_its_initial_parameters(runs, tmp_path):
+    import shutil
+
+    from dit_core.run import strip_trajectory
+
+    copy = tmp_path / "stripped"
+    shutil.copytree(runs["logreg"], copy)
+    strip_trajectory(copy)
+    run = dit.load_run(copy)
+    windows = ["full", "last_epoch"]
+    got = validate(run, n_samples=5, windows=windows, progress=False, out_dir=tmp_path / "a")
+    ref = validate(runs["logreg"], n_samples=5, windows=windows, progress=False, out_dir=tmp_path / "b")
+    # regenerated once for both replays (cached on the run object)
+    assert list(run.__dict__["_regenerated_trajectories"]) == [("cpu", "float64")]
+    for name in windows:
+        np.testing.assert_array_equal(got[name].sample_ids, ref[name].sample_ids)
+        np.testing.assert_array_equal(got[name].estimate, ref[name].estimate)
+        np.testing.assert_allclose(got[name].replay, ref[name].replay, rtol=0, atol=1e-13)
+        assert np.abs(ref[name].replay).max() > 1e-5
+    assert got.reproduces_recording
