@@ -343,8 +343,8 @@ def _train_and_write(
     batch_ids = np.empty(E * n, dtype=np.int64)
     offsets = np.zeros(n_steps + 1, dtype=np.int64)
     sample_step = np.full((n, E), -1, dtype=np.int64)
-    sample_loss = np.full((n, E), np.nan, dtype=np.float32)
-    sample_margin = np.full((n, E), np.nan, dtype=np.float32)
+    sample_loss = np.full((n, E), np.nan, dtype=np_dtype)
+    sample_margin = np.full((n, E), np.nan, dtype=np_dtype)
     batch_loss = np.full(n_steps, np.nan)
     epoch_rows = []
     grad_fn = grad(fm.batch_loss_aux, has_aux=True)

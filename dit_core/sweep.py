@@ -209,14 +209,14 @@ def compute(
     work = run.path / f".influence.partial-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     try:
-        np_dtype = np.float32
+        np_dtype = np.dtype(engine.dtype_name).type  # the run's precision: float64 runs keep float64 contributions
         outs = [open_npy_for_writing(work / f"{q.file_stem}.npy", (K, n, E), np_dtype) for q in qs]
         for arr, _ in outs:
             arr[:] = 0
         A_theta = torch.zeros(K * Q, P, dtype=fm.dtype, device=engine.device)
         A_state = torch.zeros(K * Q, S, dtype=fm.dtype, device=engine.device)
         query_values = np.full((Q, K), np.nan)
-        grad_norm2 = np.full((n, K), np.nan, dtype=np.float32) if self_influence else None
+        grad_norm2 = np.full((n, K), np.nan, dtype=np_dtype) if self_influence else None
         epoch_of_step = np.arange(T) // run.steps_per_epoch
 
         # contributions of the current epoch, written to the (K, n, E) files once per epoch

@@ -275,6 +275,43 @@ def test_sweep_equals_explicit_jacobian_reference(reference_runs, case):
     np.testing.assert_allclose(qv, [float(ref.query("val_loss")(ref.thetas[c])) for c in cps], rtol=1e-10)
 
 
+def test_float64_runs_keep_float64_contributions(reference_runs):
+    run, ref = reference_runs("mlp_sgd_momentum_dampening_wd_cosine")
+    stored = np.load(run.path / "influence" / "val_loss.npy", mmap_mode="r", allow_pickle=False)
+    assert stored.dtype == np.float64
+    for name in ("grad_norm2.npy",):
+        assert np.load(run.path / "influence" / name, allow_pickle=False).dtype == np.float64
+    for name in ("sample_loss.npy", "sample_margin.npy"):
+        assert np.load(run.path / name, allow_pickle=False).dtype == np.float64
+    # far beyond float32's precision (~6e-8 relative)
+    expected = ref.contributions(run.checkpoints)
+    np.testing.assert_allclose(run.contributions(), expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
+
+
+def test_float32_runs_store_float32_and_every_loader_accepts_both(tmp_path, reference_runs):
+    from dit_core import explore
+    from dit_core.signals import compute_signals
+
+    run64, _ = reference_runs("mlp_sgd")
+    path32, _ = record_tiny(tmp_path / "run32", dtype="float32")
+    run32 = dit.compute(path32, progress=False)
+    assert np.load(run32.path / "influence" / "val_loss.npy", mmap_mode="r", allow_pickle=False).dtype == np.float32
+    assert run32.contributions().dtype == np.float32 and run64.contributions().dtype == np.float64
+    T = run32.n_steps
+    for run in (run32, run64):
+        w = run.window_influence(0, T)
+        assert w.dtype == np.float64
+        np.testing.assert_allclose(w, run.contributions()[:, :, -1].astype(np.float64).sum(axis=1), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(run.influence_at(), w, rtol=1e-12, atol=1e-15)
+        assert run.trajectories().dtype == run.cumulative_influence().dtype == np.float64
+        sig = compute_signals(run)
+        np.testing.assert_allclose(sig["dit_full"], -w, rtol=1e-12, atol=1e-15)
+        assert np.isfinite(sig["tracin_self"]).all()
+        assert np.array_equal(explore.window_scores(run, 0, T), w)
+    # same run in the two precisions: same influence up to float32 rounding
+    np.testing.assert_allclose(run32.window_influence(0, T), run64.window_influence(0, T), rtol=1e-3, atol=1e-4 * np.abs(run64.window_influence(0, T)).max())
+
+
 @pytest.mark.parametrize("case", ["logreg_sgd", "mlp_sgd_momentum_dampening_wd_cosine", "mlp_adam_wd", "mlp_adamw"])
 def test_forward_mode_sweep_equals_reference(reference_runs, case, tmp_path):
     """``method="jvp"`` (torch.func forward-mode JVPs, vmapped over columns) gives the same tensor."""
