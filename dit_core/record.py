@@ -88,8 +88,8 @@ def _labels_tensor(y: np.ndarray, device) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- checks
-def check_model(fm: FunctionalModel, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> None:
-    """Refuse models whose per-sample loss is random or depends on the rest of the batch."""
+def check_layers(fm: FunctionalModel) -> None:
+    """Refuse layers known to make the per-sample loss batch-dependent or random (BatchNorm, dropout)."""
     for name, module in fm.model.named_modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training:
             raise ModelError(
@@ -102,6 +102,11 @@ def check_model(fm: FunctionalModel, theta: torch.Tensor, X: torch.Tensor, y: to
                 f"layer {name!r} ({type(module).__name__}, p={module.p}) draws random masks that DIT cannot "
                 "replay exactly; set p=0 or call .eval() on it"
             )
+
+
+def check_model(fm: FunctionalModel, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse models whose per-sample loss is random or depends on the rest of the batch."""
+    check_layers(fm)
     k = min(4, X.shape[0])
     try:
         out = fm.outputs(theta, X[:k])
@@ -123,6 +128,23 @@ def check_model(fm: FunctionalModel, theta: torch.Tensor, X: torch.Tensor, y: to
             "a sample's loss depends on the other samples in its batch (e.g. BatchNorm in training mode): "
             "per-sample influence is undefined for such a model"
         )
+
+
+def check_labels(y: np.ndarray, n_outputs: int, name: str) -> None:
+    """Refuse integer labels outside ``[0, n_outputs)``, naming the first bad value and its row."""
+    y = np.asarray(y)
+    bad = np.flatnonzero((y < 0) | (y >= n_outputs))
+    if bad.size:
+        row = int(bad[0])
+        more = f" ({bad.size} rows in all)" if bad.size > 1 else ""
+        raise DataError(
+            f"{name}: label {y[row].item()!r} at row {row} is outside [0, {n_outputs}): the model has {n_outputs} "
+            f"output{'s' if n_outputs != 1 else ''}{more}"
+        )
+
+
+def _is_class_labels(y: np.ndarray) -> bool:
+    return np.issubdtype(y.dtype, np.integer) or y.dtype == bool
 
 
 # ----------------------------------------------------------------------------- margins
@@ -283,6 +305,17 @@ def record(
     Xv = torch.as_tensor(X_val, dtype=dtype, device=device)
     yv = _labels_tensor(y_val, device)
     theta = fm.initial_theta()
+    check_layers(fm)
+    try:
+        with torch.no_grad():
+            probe = fm.outputs(theta, Xt[: min(4, n)])
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"the model failed on a batch of training data: {type(exc).__name__}: {exc}") from exc
+    # integer labels index the outputs: cross-entropy (the default loss) and the recorded margins need them in range
+    if probe.ndim == 2 and (loss_fn is None or probe.shape[1] >= 2):
+        for arr, label in ((y_train, "train"), (y_val, "val")):
+            if _is_class_labels(arr):
+                check_labels(arr, int(probe.shape[1]), label)
     check_model(fm, theta, Xt, yt)
     check_model(fm, theta, Xv, yv)
 

@@ -738,6 +738,29 @@ def test_bad_data_is_refused(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("loss_fn", [None, smoothed_ce], ids=["cross_entropy", "user_loss"])
+def test_out_of_range_labels_are_refused_in_every_row(tmp_path, loss_fn):
+    (X, y), (Xv, yv) = _data()
+    model, _ = builtin("logreg")  # 3 outputs
+    cfg = dit.TrainConfig(epochs=1, batch_size=8)
+    bad = y.copy()
+    bad[17] = 3  # far beyond the first rows
+    bad[20] = 5
+    with pytest.raises(DataError, match=r"^train: label 3 at row 17 is outside \[0, 3\): the model has 3 outputs \(2 rows in all\)$"):
+        dit.record(model, (X, bad), (Xv, yv), cfg, tmp_path / "a", loss_fn=loss_fn, progress=False)
+    bad_val = yv.copy()
+    bad_val[9] = -1
+    with pytest.raises(DataError, match=r"^val: label -1 at row 9 is outside \[0, 3\): the model has 3 outputs$"):
+        dit.record(model, (X, y), (Xv, bad_val), cfg, tmp_path / "b", loss_fn=loss_fn, progress=False)
+    # refused before training: nothing was written
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert list(tmp_path.iterdir()) == []
+    # labels in range are fine, including the largest
+    ok = y.copy()
+    ok[17] = 2
+    dit.record(model, (X, ok), (Xv, yv), cfg, tmp_path / "c", loss_fn=loss_fn, progress=False)
+
+
 def mse_loss(outputs, targets):
     return ((outputs - F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)) ** 2).sum(dim=1)
 
