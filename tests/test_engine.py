@@ -799,6 +799,42 @@ def test_batch_dependent_or_random_layers_are_refused(tmp_path, layer, match):
     dit.record(model, *_data(), dit.TrainConfig(epochs=1), tmp_path / "run", progress=False)
 
 
+class BatchCentered(torch.nn.Module):
+    """Subtracts the batch mean of its input: no BatchNorm, but each output depends on the batch."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return x - self.scale * x.mean(dim=0, keepdim=True)
+
+
+def test_a_custom_batch_dependent_module_is_refused(tmp_path):
+    from dit_core._functional import FunctionalModel
+    from dit_core.record import check_model
+
+    (X, y), val = _data()
+    model = torch.nn.Sequential(BatchCentered(), torch.nn.Linear(5, 3))
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    with pytest.raises(ModelError, match=r"a sample's loss depends on the other samples in its batch"):
+        dit.record(model, (X, y), val, dit.TrainConfig(epochs=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    # the check compares the batched losses with one-at-a-time losses: they really differ here ...
+    fm = FunctionalModel(model, None, torch.float64, torch.device("cpu"))
+    theta = fm.initial_theta()
+    Xt, yt = torch.as_tensor(X[:4]), torch.as_tensor(y[:4])
+    batched = fm.losses(theta, Xt, yt)
+    alone = torch.cat([fm.losses(theta, Xt[i : i + 1], yt[i : i + 1]) for i in range(4)])
+    assert float((batched - alone).abs().max()) > 1e-3
+    # ... and a tiny dependence (below float64 round-off) passes, as does a per-sample version
+    check_model(FunctionalModel(torch.nn.Sequential(BatchCentered(1e-14), torch.nn.Linear(5, 3)), None, torch.float64,
+                                torch.device("cpu")), theta, Xt, yt)
+    with pytest.raises(ModelError, match="depends on the other samples"):
+        check_model(FunctionalModel(torch.nn.Sequential(BatchCentered(1e-6), torch.nn.Linear(5, 3)), None, torch.float64,
+                                    torch.device("cpu")), theta, Xt, yt)
+
+
 def test_non_per_sample_loss_is_refused(tmp_path):
     model, _ = builtin("logreg")
     with pytest.raises(ModelError, match=r"one value per sample.*reduction='none'"):
