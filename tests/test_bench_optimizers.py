@@ -1,4 +1,11 @@
-"""``benchmarks/bench_optimizers.py --quick`` runs, prints both tables and writes its JSON."""
+"""``benchmarks/bench_optimizers.py --quick`` runs, prints both tables and writes plausible JSON.
+
+A smoke test: the quick sizes (256 samples, 2 epochs, 8 samples per window) train the
+model only a little (validation accuracy about 0.2), so the optimizers' fidelity targets
+at meaningful sizes are asserted in ``tests/test_fidelity.py``. Here the correlations only
+have to be clearly positive and plausible (they come out >= 0.99), and the cost numbers
+finite and positive; no timing target is asserted.
+"""
 
 from __future__ import annotations
 
@@ -35,11 +42,23 @@ def test_quick_optimizer_benchmark_prints_tables_and_json(repo_root, tmp_path):
     assert {"setup", "fidelity", "cost", "all_pass", "wall_seconds"} <= set(doc)
     assert [r["optimizer"] for r in doc["fidelity"]] == list(NAMES)
     for r in doc["fidelity"]:
-        assert r["reproduces_recording"], r["optimizer"]
+        name = r["optimizer"]
+        assert r["reproduces_recording"], name
+        assert r["trajectory_deviation"] < 1e-9, name
         assert set(r["windows"]) == set(WINDOWS)
-        for w in r["windows"].values():
-            assert w["pearson"] is not None and -1.0 <= w["pearson"] <= 1.0
-            assert {"spearman", "kendall", "slope", "n"} <= set(w)
+        assert r["target_pearson"] == (0.95 if name.startswith("adam") else 0.99)
+        assert r["steps"] == 16 and r["epochs"] == 2 and r["n_train"] == 256
+        assert isinstance(r["pass"], bool)
+        for wname, w in r["windows"].items():
+            assert {"spearman", "kendall", "slope", "n", "relative_error"} <= set(w)
+            assert w["n"] == 8
+            # linear-in-the-gradient SGD variants track replay closely even here; Adam is linearised
+            assert w["pearson"] > (0.95 if name.startswith("sgd") else 0.9), (name, wname, w)
+            assert w["spearman"] > 0.7 and w["kendall"] > 0.5, (name, wname, w)
+            assert 0.5 < w["slope"] < 2.0, (name, wname, w)
+        for k in ("record_seconds", "compute_seconds", "replay_seconds"):
+            assert math.isfinite(r[k]) and r[k] > 0, (name, k)
+        assert 0.0 <= r["final_val_accuracy"] <= 1.0 and math.isfinite(r["final_val_loss"])
     med = doc["cost"]["median"]
     assert list(med) == list(NAMES) and med["sgd"]["sweep_over_sgd_sweep"] == 1.0
     for m in med.values():
