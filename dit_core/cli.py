@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .config import TrainConfig as _TrainConfig
 from .errors import DITError
+
+_DEFAULTS = _TrainConfig()
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -47,6 +50,7 @@ def _add_train(sub) -> None:
     p.add_argument("--schedule", default="constant", choices=("constant", "step", "cosine"))
     p.add_argument("--step-every", type=int, default=10, help="epochs between decays (step schedule)")
     p.add_argument("--step-gamma", type=float, default=0.1)
+    p.add_argument("--min-lr", type=float, default=_DEFAULTS.min_lr, help="final learning rate of the cosine schedule (default 0)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
     p.add_argument("--momentum", type=float, default=0.0)
     p.add_argument("--dampening", type=float, default=0.0)
@@ -64,8 +68,24 @@ def _add_train(sub) -> None:
     p.add_argument("--label-column", default="label", help="label column of a CSV file")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--trajectory", default="auto", choices=("auto", "full", "checkpoint"))
-    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument(
+        "--trajectory", default="auto", choices=("auto", "full", "checkpoint"),
+        help="store the parameters after every step (full), every --checkpoint-every steps with exact replay in "
+        "between (checkpoint), or full when it fits in --max-trajectory-mb (auto, default)",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=None,
+        help="steps between stored parameters in checkpoint mode (default: as many as fit in --replay-memory-mb)",
+    )
+    p.add_argument(
+        "--max-trajectory-mb", type=float, default=_DEFAULTS.max_trajectory_mb,
+        help=f"auto mode stores every step when the whole trajectory fits in this many MiB (default {_DEFAULTS.max_trajectory_mb:g})",
+    )
+    p.add_argument(
+        "--replay-memory-mb", type=float, default=_DEFAULTS.replay_memory_mb,
+        help="memory (MiB) the exact replay between stored checkpoints may keep during the sweep "
+        f"(default {_DEFAULTS.replay_memory_mb:g})",
+    )
     p.add_argument("--compute", action="store_true", help="also compute influence (epoch checkpoints, val_loss)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -112,6 +132,7 @@ def cmd_train(args) -> int:
         schedule=args.schedule,
         step_every=args.step_every,
         step_gamma=args.step_gamma,
+        min_lr=args.min_lr,
         optimizer=args.optimizer,
         momentum=args.momentum,
         dampening=args.dampening,
@@ -122,6 +143,8 @@ def cmd_train(args) -> int:
         seed=args.seed,
         trajectory=args.trajectory,
         checkpoint_every=args.checkpoint_every,
+        max_trajectory_mb=args.max_trajectory_mb,
+        replay_memory_mb=args.replay_memory_mb,
         dtype=args.dtype,
         device=args.device,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,64 @@ def test_train_compute_writes_a_complete_run(iris_run: Path) -> None:
     assert (run.samples["label"] != run.samples["original_label"]).sum() == 12
     # the full-run window influence equals the cumulative influence at the last checkpoint
     np.testing.assert_allclose(run.window_influence(0, run.n_steps), run.influence_at(), rtol=1e-12)
+
+
+USER_MODULE = """
+import torch
+
+
+def make_net(width=6, n_in=4, n_out=3):
+    return torch.nn.Sequential(torch.nn.Linear(n_in, width), torch.nn.Tanh(), torch.nn.Linear(width, n_out))
+"""
+
+
+def test_train_with_a_user_model_factory_and_the_memory_options(tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "dit_cli_user_models.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    argv = [
+        "train", "iris", "--model", "dit_cli_user_models:make_net", "--model-kwargs", '{"width": 7}',
+        "--epochs", "3", "--batch-size", "16", "--lr", "0.2", "--schedule", "cosine", "--min-lr", "0.05",
+        "--trajectory", "auto", "--max-trajectory-mb", "0.001", "--replay-memory-mb", str(4 * 59 * 8 / 2**20),
+        "--dtype", "float64", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert f"recorded {out}" in capsys.readouterr().out
+    run = dit.load_run(out)
+    m = run.manifest
+    assert m["model"] == {"kind": "factory", "factory": "dit_cli_user_models:make_net", "kwargs": {"width": 7}}
+    assert m["n_params"] == 4 * 7 + 7 + 7 * 3 + 3 == 59
+    cfg = run.config
+    assert (cfg.min_lr, cfg.max_trajectory_mb, cfg.replay_memory_mb) == (0.05, 0.001, 4 * 59 * 8 / 2**20)
+    T = run.n_steps
+    assert T == 3 * 8
+    # the trajectory (25 rows x 59 float64 = 11.5 KiB) exceeds 0.001 MiB: checkpoint mode, 4 replayed steps fit
+    assert m["trajectory"]["mode"] == "checkpoint" and m["trajectory"]["every"] == 4
+    assert np.load(out / "trajectory" / "steps.npy", allow_pickle=False).tolist() == [0, 4, 8, 12, 16, 20, 24]
+    lrs = run.learning_rates
+    expected = 0.05 + 0.5 * (0.2 - 0.05) * (1 + np.cos(np.pi * np.arange(T) / T))
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12)
+    assert lrs[-1] > 0.05 and lrs[-1] < 0.051
+    # compute in a fresh process: the factory is imported again from PYTHONPATH
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "dit_core.cli", "compute", str(out), "--quiet"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run = dit.load_run(out)
+    assert run.checkpoints.tolist() == [8, 16, 24]
+    im = run.influence_manifest
+    assert im["replay_cache_peak_bytes"] == 4 * 59 * 8 and im["replay_max_relative_deviation"] < 1e-12
+    w = run.window_influence(0, T)
+    assert np.isfinite(w).all() and np.abs(w).max() > 1e-4
+    np.testing.assert_allclose(w, run.influence_at(), rtol=1e-12)
+    # the same network recorded with every step stored gives the same influence
+    full = tmp_path / "full"
+    assert argv[-3:] == ["--out", str(out), "--quiet"]
+    full_argv = [("full" if a == "auto" else a) for a in argv[:-3]] + ["--out", str(full), "--quiet", "--compute"]
+    assert main(full_argv) == 0
+    ref = dit.load_run(full)
+    assert ref.manifest["trajectory"]["mode"] == "full"
+    np.testing.assert_allclose(run.contributions(), ref.contributions(), rtol=0, atol=1e-12 * np.abs(ref.contributions()).max())
 
 
 def test_info_json(iris_run: Path, capsys) -> None:
