@@ -299,7 +299,7 @@ def _add_export(sub) -> None:
     )
     p.add_argument("run")
     p.add_argument("--out", required=True, help="file to write; the format follows the suffix (.csv, .json, .parquet)")
-    p.add_argument("--window", default="convergence", help="'convergence' (last 20%% of steps, default), 'full', 'last-epoch', or START:STOP in steps")
+    p.add_argument("--window", default="convergence", help="'convergence' (last 20%% of the epochs, at least one; default), 'full', 'last-epoch', or START:STOP in steps")
     p.add_argument("--query", default="val_loss")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--top-k", type=int, default=None, help="flag the K highest scores")
@@ -311,13 +311,15 @@ def _add_export(sub) -> None:
 def parse_window(text: str, run) -> tuple[int, int]:
     from .errors import ConfigError
 
+    from .signals import signal_windows
+
     T = run.n_steps
     if text == "full":
         return 0, T
-    if text == "convergence":
-        return int(round(0.8 * T)), T
-    if text == "last-epoch":
-        return T - run.steps_per_epoch, T
+    if text in ("convergence", "last-epoch"):
+        # whole epochs, as the signals and the dashboard: the last 20% of the epochs (at least one) / the last one
+        w = signal_windows(run)["convergence" if text == "convergence" else "last_epoch"]
+        return int(w["start"]), int(w["stop"])
     try:
         a, b = text.split(":")
         return int(a), int(b)

@@ -29,15 +29,16 @@ from ._io import SIGN_CONVENTION, _tmp_path, write_json
 from .errors import ConfigError
 from .replay import ReplayResult, replay
 from .run import Run, load_run
+from .signals import signal_windows
 
 DEFAULT_WINDOWS = ("full", "first_epoch", "middle_epoch", "last_epoch", "convergence", "accrued")
 NAMED_WINDOWS = DEFAULT_WINDOWS
-CONVERGENCE_FRACTION = 0.2  # the convergence period is the last 20% of the steps
+CONVERGENCE_FRACTION = 0.2  # the convergence period: the last 20% of the epochs (whole epochs, at least one)
 VALIDATION_DIR = "validation"
 REPORT_FILE = "report.json"
 
 _WINDOW_HELP = (
-    "'full', 'first_epoch', 'middle_epoch', 'last_epoch', 'convergence' (last 20% of steps), "
+    "'full', 'first_epoch', 'middle_epoch', 'last_epoch', 'convergence' (last 20% of the epochs, at least one), "
     "'accrued' (between the first-quarter checkpoint and the last), 'epoch=E' (0-based), "
     "'steps=START:STOP' (removal during [START, STOP)), or 'accrued=CA:CB' (checkpoint steps)"
 )
@@ -82,9 +83,15 @@ def resolve_window(name: str, run: Run) -> WindowSpec:
     if text == "last_epoch":
         return epoch(E - 1, text)
     if text == "convergence":
-        a = int(round((1 - CONVERGENCE_FRACTION) * T))
-        a = min(a, T - 1)
-        return WindowSpec(text, "removal", a, T, f"removal during the convergence period, the last 20% of steps ({a}-{T})")
+        # the same whole-epoch window as the dit_convergence signal and the dashboard
+        w = signal_windows(run, convergence_fraction=CONVERGENCE_FRACTION)["convergence"]
+        a, b = int(w["start"]), int(w["stop"])
+        e0, e1 = w["epochs"]
+        return WindowSpec(
+            text, "removal", a, b,
+            f"removal during the convergence period, the last 20% of the epochs (epochs {e0}-{e1}, steps {a}-{b}), "
+            "measured at the end",
+        )
     cps = run.checkpoints
     if text == "accrued":
         inner = cps[(cps >= T / 4) & (cps < T)]
@@ -426,7 +433,8 @@ def validate(
         Samples per window (at least 3; capped at the number of training samples).
     windows : sequence of str, default ``DEFAULT_WINDOWS``
         ``"full"`` (removal during the whole run), ``"first_epoch"``, ``"middle_epoch"``,
-        ``"last_epoch"``, ``"convergence"`` (the last 20% of steps) — all measured at the
+        ``"last_epoch"``, ``"convergence"`` (the last 20% of the epochs, whole epochs, at least
+        one: :func:`dit_core.signals.signal_windows`) — all measured at the
         last checkpoint — and ``"accrued"``: the paper's windowed influence between the
         first checkpoint at or after the first quarter of training and the last checkpoint,
         ``I(c_b) - I(c_a)``, compared with the difference of the whole-run removal replay at

@@ -131,6 +131,22 @@ def test_export_threshold_and_window(iris_run: Path, tmp_path: Path) -> None:
     assert (df["window_start"] == 8).all() and (df["window_stop"] == 24).all()
 
 
+@pytest.mark.parametrize("window, expected", [("convergence", (24, 32)), ("last-epoch", (24, 32)), ("full", (0, 32))])
+def test_export_named_windows_are_whole_epochs(iris_run: Path, tmp_path: Path, window, expected) -> None:
+    from dit_core import explore
+
+    run = dit.load_run(iris_run)
+    assert (run.n_epochs, run.steps_per_epoch) == (4, 8)
+    if window == "convergence":  # the dashboard's convergence window (round(0.8 * T) would be 26)
+        assert explore.convergence_window(run) == expected
+    out = tmp_path / "flags.csv"
+    assert main(["export", str(iris_run), "--out", str(out), "--window", window, "--all"]) == 0
+    df = pd.read_csv(out)
+    assert (df["window_start"] == expected[0]).all() and (df["window_stop"] == expected[1]).all()
+    harm = -run.window_influence(*expected)
+    np.testing.assert_allclose(df.sort_values("sample_id")["score"].to_numpy(), harm, rtol=1e-12)
+
+
 def test_compute_method_jvp_gives_the_same_influence(iris_run: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -237,7 +237,8 @@ def test_windows_resolve_to_the_documented_steps(runs):
     assert (resolve_window("first_epoch", run).start, resolve_window("first_epoch", run).stop) == (0, spe)
     assert resolve_window("middle_epoch", run).start == (run.n_epochs - 1) // 2 * spe
     assert (resolve_window("last_epoch", run).start, resolve_window("last_epoch", run).stop) == (T - spe, T)
-    assert (resolve_window("convergence", run).start, resolve_window("convergence", run).stop) == (round(0.8 * T), T)
+    # whole epochs: 4 epochs -> the last one (round(0.8 * T) would be step 32, inside it)
+    assert (resolve_window("convergence", run).start, resolve_window("convergence", run).stop) == (T - spe, T) == (30, 40)
     acc = resolve_window("accrued", run)
     assert acc.kind == "accrued" and acc.stop == T and acc.start == min(c for c in run.checkpoints if c >= T / 4)
     assert (resolve_window("steps=3:9", run).start, resolve_window("steps=3:9", run).stop) == (3, 9)
@@ -322,3 +323,20 @@ def test_validate_a_stripped_run_replays_it_from_its_initial_parameters(runs, tm
         np.testing.assert_allclose(got[name].replay, ref[name].replay, rtol=0, atol=1e-13)
         assert np.abs(ref[name].replay).max() > 1e-5
     assert got.reproduces_recording
+
+
+@pytest.mark.parametrize("epochs, first", [(1, 0), (4, 3), (5, 4), (7, 5), (10, 8), (11, 8)])
+def test_convergence_window_is_the_last_20_percent_of_whole_epochs(tmp_path, epochs, first):
+    """The same window as the dit_convergence signal and the dashboard's Convergence button."""
+    from dit_core import explore
+    from dit_core.signals import signal_windows
+
+    run = dit.load_run(_record(tmp_path / "run", "logreg", n=40, epochs=epochs, compute=False))
+    spe, T = run.steps_per_epoch, run.n_steps
+    assert spe == 3
+    w = resolve_window("convergence", run)
+    assert (w.start, w.stop) == (first * spe, T)  # epochs first..epochs-1 = max(1, ceil(0.2 * epochs)) epochs
+    assert (w.start, w.stop) == explore.convergence_window(run)
+    sw = signal_windows(run)["convergence"]
+    assert (w.start, w.stop) == (sw["start"], sw["stop"])
+    assert f"epochs {first}-{epochs - 1}" in w.description
