@@ -293,14 +293,27 @@ def _add_export(sub) -> None:
         "export",
         help="export the samples flagged as suspicious (CSV, JSON or Parquet)",
         description=(
-            "Rank training samples by how much they hurt the query in a window of steps "
-            "(score = -window influence; higher = more suspicious) and export the top ones."
+            "Rank training samples by a suspicion signal (higher = more suspicious) and export the flagged ones "
+            "with the dashboard's columns: sample_id, label, score, rank (among all samples, 1 = most suspicious), "
+            "window_start, window_stop (the signal's window in steps, empty for signals without one), signal, run_id. "
+            "The default signal is dit_core.signals.DEFAULT_FLAG_SIGNAL; --window ranks by harmful influence "
+            "(-influence) in that window instead (signal dit_window). Signals are read from RUN/signals.parquet "
+            "when present, else computed. The file is written atomically."
         ),
     )
     p.add_argument("run")
     p.add_argument("--out", required=True, help="file to write; the format follows the suffix (.csv, .json, .parquet)")
-    p.add_argument("--window", default="convergence", help="'convergence' (last 20%% of the epochs, at least one; default), 'full', 'last-epoch', or START:STOP in steps")
-    p.add_argument("--query", default="val_loss")
+    p.add_argument(
+        "--signal", default=None,
+        help="signal to rank by: one of dit_core.signals.SIGNALS (e.g. aum, dit_convergence, dit_aum), dit_window, or "
+        "another numeric column of signals.parquet (default: DEFAULT_FLAG_SIGNAL; dit_window when --window is given)",
+    )
+    p.add_argument(
+        "--window", default=None,
+        help="rank by harmful influence in this window (signal dit_window): 'convergence' (last 20%% of the epochs, "
+        "at least one; the default for dit_window), 'full', 'last-epoch', or START:STOP in steps",
+    )
+    p.add_argument("--query", default="val_loss", help="influence query of the DIT signals (default val_loss)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--top-k", type=int, default=None, help="flag the K highest scores")
     group.add_argument("--threshold", type=float, default=None, help="flag scores above this value")
@@ -328,52 +341,53 @@ def parse_window(text: str, run) -> tuple[int, int]:
 
 
 def cmd_export(args) -> int:
+    from . import explore
+    from ._io import write_bytes
     from .errors import ConfigError
     from .run import load_run
+    from .signals import DEFAULT_FLAG_SIGNAL
 
-    run = load_run(args.run)
-    start, stop = parse_window(args.window, run)
-    scores = -run.window_influence(start, stop, query=args.query)
-    order = np.argsort(-scores, kind="stable")
-    rank = np.empty(run.n_train, dtype=np.int64)
-    rank[order] = np.arange(1, run.n_train + 1)
-    if args.top_k is not None:
-        if args.top_k < 1:
-            raise ConfigError("--top-k must be >= 1")
-        flagged = rank <= args.top_k
-    elif args.threshold is not None:
-        flagged = scores > args.threshold
-    else:
-        flagged = rank <= max(1, int(round(0.1 * run.n_train)))
-    import pandas as pd
-
-    df = pd.DataFrame(
-        {
-            "sample_id": np.arange(run.n_train),
-            "label": run.samples["label"].to_numpy() if "label" in run.samples else np.asarray(run.y_train),
-            "score": scores,
-            "rank": rank,
-            "window_start": start,
-            "window_stop": stop,
-            "signal": f"dit_harm[{args.query}]",
-            "run_id": run.run_id,
-            "flagged": flagged,
-        }
-    )
-    if not args.all:
-        df = df[df["flagged"]].drop(columns="flagged")
-    df = df.sort_values("rank").reset_index(drop=True)
     out = Path(args.out)
-    suffix = out.suffix.lower()
-    if suffix == ".csv":
-        df.to_csv(out, index=False)
-    elif suffix == ".json":
-        out.write_text(df.to_json(orient="records", indent=2))
-    elif suffix == ".parquet":
-        df.to_parquet(out, index=False)
-    else:
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in explore.EXPORT_FORMATS:
         raise ConfigError(f"--out {out}: the suffix must be .csv, .json or .parquet")
-    print(f"wrote {len(df)} samples to {out} (window [{start}, {stop}), score = -influence on {args.query})")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError("--top-k must be >= 1")
+    run = load_run(args.run)
+    signal = args.signal
+    if args.window is not None:
+        if signal not in (None, "dit_window"):
+            raise ConfigError(
+                f"--window ranks by harmful influence in that window (signal dit_window); it cannot be combined with "
+                f"--signal {signal} (whose window is its own)"
+            )
+        signal = "dit_window"
+    signal = signal or DEFAULT_FLAG_SIGNAL
+    available = explore.available_signals(run)
+    if signal not in available:
+        raise ConfigError(f"--signal {signal!r} is not available for this run; use one of {', '.join(available)}")
+    window = None
+    if signal == "dit_window":
+        window = run._check_window(*parse_window(args.window or "convergence", run))
+    scores = explore.signal_scores(run, signal, window=window, query=args.query)
+    if args.top_k is not None:
+        flags = explore.select_flags(scores, method="top_k", k=args.top_k)
+    elif args.threshold is not None:
+        flags = explore.select_flags(scores, method="threshold", threshold=args.threshold)
+    else:
+        flags = explore.select_flags(scores, method="top_k", k=max(1, int(round(0.1 * run.n_train))))
+    used_window = explore.signal_window(run, signal, window or (0, run.n_steps))  # the signal's own window, or None
+    if args.all:
+        table = explore.flag_table(run, np.ones(run.n_train, dtype=bool), scores, signal=signal, window=used_window)
+        table["flagged"] = flags[table["sample_id"].to_numpy()]
+    else:
+        table = explore.flag_table(run, flags, scores, signal=signal, window=used_window)
+    write_bytes(out, explore.export_bytes(table, fmt))
+    where = f", window [{used_window[0]}, {used_window[1]})" if used_window is not None else ""
+    print(
+        f"wrote {len(table)} samples to {out} (signal {signal}{where}; {int(flags.sum())} flagged; "
+        "higher score = more suspicious)"
+    )
     return 0
 
 

@@ -147,6 +147,94 @@ def test_export_named_windows_are_whole_epochs(iris_run: Path, tmp_path: Path, w
     np.testing.assert_allclose(df.sort_values("sample_id")["score"].to_numpy(), harm, rtol=1e-12)
 
 
+def _read(path: Path) -> pd.DataFrame:
+    return {".csv": pd.read_csv, ".json": lambda p: pd.read_json(p, orient="records"), ".parquet": pd.read_parquet}[path.suffix](path)
+
+
+def test_export_default_signal_rows(iris_run: Path, tmp_path: Path, capsys) -> None:
+    from dit_core.signals import DEFAULT_FLAG_SIGNAL
+
+    assert DEFAULT_FLAG_SIGNAL == "aum"
+    run = dit.load_run(iris_run)
+    assert not (iris_run / "signals.parquet").exists()  # computed on the fly
+    out = tmp_path / "flags.json"
+    assert main(["export", str(iris_run), "--out", str(out), "--top-k", "6"]) == 0
+    assert "signal aum" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    # AUM computed here from the recorded margins: score = -mean margin over epochs, ties by lower id
+    aum = -np.asarray(run.sample_margin, dtype=np.float64).mean(axis=1)
+    top = np.lexsort((np.arange(run.n_train), -aum))[:6]
+    labels = run.samples["label"].to_numpy()
+    assert [r["sample_id"] for r in rows] == top.tolist()
+    for rank, (r, j) in enumerate(zip(rows, top), 1):
+        assert list(r) == ["sample_id", "label", "score", "rank", "window_start", "window_stop", "signal", "run_id"]
+        assert r["rank"] == rank and r["label"] == int(labels[j])
+        assert r["score"] == pytest.approx(aum[j], rel=1e-12)
+        assert r["window_start"] is None and r["window_stop"] is None  # aum has no window
+        assert r["signal"] == "aum" and r["run_id"] == run.run_id
+    assert rows[0]["score"] > rows[-1]["score"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".parquet"])
+def test_export_is_the_dashboards_export(iris_run: Path, tmp_path: Path, suffix: str) -> None:
+    """Same table and bytes as the Flags page's download for the same signal and flags."""
+    from dit_core import explore
+
+    run = dit.load_run(iris_run)
+    out = tmp_path / f"flags{suffix}"
+    assert main(["export", str(iris_run), "--out", str(out), "--signal", "dit_convergence", "--top-k", "9"]) == 0
+    scores = explore.signal_scores(run, "dit_convergence")
+    flags = explore.select_flags(scores, k=9)
+    window = explore.signal_window(run, "dit_convergence", explore.convergence_window(run))
+    assert window == (24, 32)
+    table = explore.flag_table(run, flags, scores, signal="dit_convergence", window=window)
+    assert out.read_bytes() == explore.export_bytes(table, suffix[1:])
+    df = _read(out)
+    assert len(df) == 9 and df["rank"].tolist() == list(range(1, 10))
+    assert (df["window_start"] == 24).all() and (df["window_stop"] == 32).all()
+    np.testing.assert_allclose(df["score"], np.sort(-run.window_influence(24, 32))[::-1][:9], rtol=1e-12)
+
+
+def test_export_reads_signals_parquet_when_present(iris_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from dit_core.signals import save_signals
+
+    copy = tmp_path / "copy"
+    shutil.copytree(iris_run, copy)
+    path = save_signals(dit.load_run(copy))
+    stored = pd.read_parquet(path)
+    stored["forgetting"] = np.arange(len(stored), dtype=np.float64) % 7  # only the file says this
+    stored.to_parquet(path, index=False)
+    out = tmp_path / "flags.csv"
+    assert main(["export", str(copy), "--out", str(out), "--signal", "forgetting", "--all"]) == 0
+    df = _read(out)
+    assert len(df) == 120 and df["flagged"].sum() == 12  # top 10% by default
+    assert df["score"].tolist() == sorted(df["score"], reverse=True)
+    assert (df["score"] == df["sample_id"] % 7).all()
+    assert df.loc[df["flagged"], "sample_id"].tolist() == [6, 13, 20, 27, 34, 41, 48, 55, 62, 69, 76, 83]
+    assert df["window_start"].isna().all() and (df["signal"] == "forgetting").all()
+
+
+def test_export_is_atomic(iris_run: Path, tmp_path: Path, monkeypatch) -> None:
+    import dit_core._io as io_mod
+
+    out = tmp_path / "flags.csv"
+    out.write_text("previous export\n")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io_mod.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        main(["export", str(iris_run), "--out", str(out), "--top-k", "3"])
+    assert out.read_text() == "previous export\n"  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["flags.csv"]  # and no temporary file is left
+    monkeypatch.undo()
+    assert main(["export", str(iris_run), "--out", str(out), "--top-k", "3"]) == 0
+    assert len(pd.read_csv(out)) == 3
+
+
 def test_compute_method_jvp_gives_the_same_influence(iris_run: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -195,6 +283,9 @@ def test_strip_keeps_influence_and_initial_parameters(tmp_path: Path, iris_run: 
         (["export", "{run}", "--out", "{tmp}/f.csv", "--window", "abc"], "--window 'abc'"),
         (["export", "{run}", "--out", "{tmp}/f.csv", "--window", "20:10"], "window [20, 10)"),
         (["compute", "{run}", "--checkpoints", "final", "--quiet"], "already has influence"),
+        (["export", "{run}", "--out", "{tmp}/f.csv", "--signal", "bogus"], "--signal 'bogus' is not available for this run; use one of dit_window, dit_full"),
+        (["export", "{run}", "--out", "{tmp}/f.csv", "--signal", "aum", "--window", "full"], "cannot be combined with --signal aum"),
+        (["export", "{run}", "--out", "{tmp}/f.csv", "--top-k", "0"], "--top-k must be >= 1"),
     ],
 )
 def test_errors_are_one_clear_line(argv, message, tmp_path: Path, iris_run: Path, capsys) -> None:
