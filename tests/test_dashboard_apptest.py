@@ -98,7 +98,11 @@ def test_opens_on_sample_run_and_every_page_renders(at, run):
     r = ex.rank_window(run, 1080, 1350, k=10)
     assert helpful["sample_id"].tolist() == r.helpful.tolist() and harmful["sample_id"].tolist() == r.harmful.tolist()
     assert len(at.get("image")) == 20  # thumbnails of the 8x8 digits
-    assert {m.label for m in at.metric} == {"Kendall τ", "Pearson r", "Spearman ρ"}
+    metrics = {m.label: m.value for m in at.metric}
+    early, late, used = ex.early_late(run, run.n_steps // 2)  # the page's default split: half-way
+    corr = ex.correlations(early, late)
+    assert used == run.n_steps // 2
+    assert metrics == {"Kendall τ": f"{corr['kendall_tau']:.3f}", "Pearson r": f"{corr['pearson']:.3f}", "Spearman ρ": f"{corr['spearman']:.3f}"}
 
     at.switch_page("views/trajectories.py").run()
     _ok(at)
@@ -248,3 +252,33 @@ def test_run_on_the_command_line(monkeypatch, tmp_path):
     assert not bad.exception
     assert any("does not exist" in e.value for e in bad.error)
     assert bad.session_state["run_path"].endswith("digits_mlp_corrupt20")  # falls back to the sample run
+
+
+# ----------------------------------------------------------------------------- tabular data
+TABULAR = ROOT / "sample_runs" / "breast_cancer_mlp_momentum"
+
+
+def test_tabular_sample_run_shows_feature_values_and_its_optimizer(at):
+    tab = ex.open_run(TABULAR)
+    at.selectbox(key="picker_sample").set_value("breast_cancer_mlp_momentum").run()
+    _ok(at)
+    assert at.session_state["run_path"].endswith("breast_cancer_mlp_momentum")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Training samples"] == f"{tab.n_train:,}" and metrics["Optimizer"] == "sgd"
+    assert any("momentum=0.9" in c.value or "momentum 0.9" in c.value for c in at.caption), [c.value for c in at.caption]
+    w = ex.convergence_window(tab)
+    assert at.slider(key="window_slider").value == w
+
+    at.switch_page("views/window.py").run()
+    _ok(at)
+    assert len(at.get("image")) == 0  # tabular: no thumbnails ...
+    helpful, harmful = _tables(at)[:2]
+    r = ex.rank_window(tab, *w, k=10)
+    assert harmful["sample_id"].tolist() == r.harmful.tolist()
+    names = ex.feature_names(tab)
+    assert names[0] == "mean radius" and "mean radius" in harmful.columns  # ... but the feature values
+    np.testing.assert_allclose(harmful["mean radius"].astype(float), tab.X_train[r.harmful, 0], rtol=1e-6)
+
+    at.switch_page("views/flags.py").run()
+    _ok(at)
+    assert at.selectbox(key="flag_signal").value == "aum"
