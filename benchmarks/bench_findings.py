@@ -22,7 +22,7 @@ noise (SGD, constant learning rate, float32 as the product records by default):
     ``run.trajectories("window")``, and the share of corrupted samples in each pattern;
 
 (c) AUROC of −influence (harm) for separating corrupted from clean samples, with the
-    convergence window (last 20% of steps) against the full run (and, for context, the
+    convergence window (last 20% of the epochs) against the full run (and, for context, the
     first and last epoch, and the sample's own loss in the last epoch).
 
 Usage::
@@ -52,6 +52,7 @@ import dit_core as dit
 from dit_core.data import load_dataset
 from dit_core.models import build_model, describe_model
 from dit_core.patterns import PATTERNS, classify_patterns
+from dit_core.signals import signal_windows
 
 RUNS = [
     # (data set, model, epochs, learning rate)
@@ -116,12 +117,14 @@ def findings(run: dit.Run, label: str) -> dict:
         m = labels == p
         patterns[p] = {"share": float(m.mean()), "count": int(m.sum()), "corrupted_share": float(corrupted[m].mean()) if m.any() else None}
 
-    conv_start = int(round(0.8 * T))
+    # the convergence period of dit_core.signals: the last 20% of the epochs (at least one), in steps
+    conv = signal_windows(run)["convergence"]
+    conv_start = int(conv["start"])
     auroc = {
         "full": _auroc(-run.window_influence(0, T), corrupted),
         "convergence": _auroc(-run.window_influence(conv_start, T), corrupted),
-        "convergence_accrued": _auroc(-run.accrued_influence(int(ends[max(0, int(round(0.8 * E)) - 1)]), T), corrupted)
-        if E > 1
+        "convergence_accrued": _auroc(-run.accrued_influence(int(conv["accrued_start"]), T), corrupted)
+        if conv_start > 0
         else None,
         "first_epoch": _auroc(-first, corrupted),
         "last_epoch": _auroc(-last, corrupted),
@@ -176,7 +179,7 @@ def print_tables(rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['run']:<22}" + "".join(f"{'-' if r['auroc'][k] is None else format(r['auroc'][k], '.3f'):>20}" for k in keys))
     print(
-        "  full = removal over the whole run; convergence = removal in the last 20% of steps; convergence_accrued = "
+        "  full = removal over the whole run; convergence = removal in the last 20% of the epochs; convergence_accrued = "
         "accrued influence over the last 20% of epochs; last_epoch_loss = the sample's own loss (a baseline, not influence)."
     )
 
@@ -216,7 +219,7 @@ def print_summary(summary: list[dict]) -> None:
               + "".join(f"{s['pattern_shares'][p] * 100:>7.1f}%" for p in PATTERNS)
               + f"{_fmt(s['auroc_convergence']):>11}{_fmt(s['auroc_full']):>11}{_fmt(d, '+.3f'):>10}{beats:>11}")
     print("  weak? = |tau| < 0.5 for both removal and accrued windows (the paper: distinct learning phases); "
-          "conv>full? = the convergence window (last 20% of steps) detects corrupted labels better than the whole run "
+          "conv>full? = the convergence window (last 20% of the epochs) detects corrupted labels better than the whole run "
           "(the paper's claim)")
 
 
