@@ -69,3 +69,17 @@ class FunctionalModel:
         out = self.outputs(theta, X)
         losses = self.loss_fn(out, y)
         return (losses * weights).sum() / divisor, (losses, out)
+
+    def grad_and_aux(self, theta, X, y, weights, divisor):
+        """(∇θ batch_loss_aux, (per-sample losses, outputs)), by eager autograd.
+
+        The same numbers as ``torch.func.grad(batch_loss_aux, has_aux=True)`` at about half
+        its per-call overhead; used wherever one minibatch gradient is taken at a time
+        (recording, and the sweep's and regeneration's replay of recorded steps), so they all
+        run the same code. The vectorised counterfactual replay keeps ``torch.func``.
+        """
+        th = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss, (losses, out) = self.batch_loss_aux(th, X, y, weights, divisor)
+            (g,) = torch.autograd.grad(loss, th)
+        return g, (losses.detach(), out.detach())

@@ -193,8 +193,10 @@ def _add_compute(sub) -> None:
     p.add_argument("--no-self-influence", action="store_true", help="skip per-sample gradient norms at checkpoints (TracIn)")
     p.add_argument("--overwrite", action="store_true", help="replace influence computed with other checkpoints/queries")
     p.add_argument(
-        "--method", choices=["reverse", "jvp"], default="reverse",
-        help="HVPs and per-sample dots by one batched double-backward (reverse, default) or torch.func forward-mode JVPs (jvp); same numbers",
+        "--method", choices=["auto", "analytic", "reverse", "jvp"], default="auto",
+        help="how each step's HVPs and per-sample dots are formed: closed form for Linear/Tanh/ReLU stacks with "
+        "cross-entropy (analytic), one batched double-backward (reverse), or torch.func forward-mode JVPs (jvp); "
+        "auto (default) takes analytic where the model allows it, else reverse; same numbers",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compute)

@@ -131,7 +131,7 @@ class Engine:
             _, Xb, yb = self.batch(t)
             B = Xb.shape[0]
             ones = torch.ones(B, dtype=self.dtype, device=self.device)
-            g, (losses, _) = self.grad_fn(theta, Xb, yb, ones, B)
+            g, (losses, _) = self.fm.grad_and_aux(theta, Xb, yb, ones, B)
             loss = float(losses.sum() / B)
             if not abs(loss - recorded[t]) <= tol:
                 raise RunIncompleteError(
@@ -177,7 +177,7 @@ class Engine:
 
     def gradient(self, theta, Xb, yb):
         ones = torch.ones(Xb.shape[0], dtype=self.dtype, device=self.device)
-        return self.grad_fn(theta, Xb, yb, ones, Xb.shape[0])[0]
+        return self.fm.grad_and_aux(theta, Xb, yb, ones, Xb.shape[0])[0]
 
     def train_step(self, theta, state, t):
         """Exactly the recorded step t: returns (theta', state', mean gradient at theta)."""

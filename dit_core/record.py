@@ -18,7 +18,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.func import grad
 
 from . import __version__
 from ._functional import FunctionalModel, LossFn, torch_dtype
@@ -380,7 +379,7 @@ def _train_and_write(
     sample_margin = np.full((n, E), np.nan, dtype=np_dtype)
     batch_loss = np.full(n_steps, np.nan)
     epoch_rows = []
-    grad_fn = grad(fm.batch_loss_aux, has_aux=True)
+    grad_fn = fm.grad_and_aux
     state = init_state(spec, theta)
 
     def eval_val(th):

@@ -17,17 +17,22 @@ queries) at once, as columns of a matrix. Per step t, for the active columns A:
 Contributions are buffered per epoch (each sample is used once per epoch) and written
 to the (K, n, E) files once per epoch.
 
-Step 2 has two implementations with the same result (``compute(..., method=...)``):
+Step 2 has three implementations with the same result (``compute(..., method=...)``):
 
-- ``"reverse"`` (default): the batched double-backward described above (autograd with
-  ``is_grads_batched``);
+- ``"analytic"``: closed-form R-forward/R-backward passes (:mod:`dit_core._analytic`) for
+  an ``nn.Sequential`` of Linear layers with tanh/ReLU and the built-in cross-entropy — the
+  built-in logistic regression and MLP. A few batched matrix products per step, no graph;
+- ``"reverse"``: the batched double-backward described above (autograd with
+  ``is_grads_batched``), for any model and per-sample loss;
 - ``"jvp"``: ``torch.func`` forward mode, vmapped over the columns u of U — a JVP of the
   per-sample loss vector gives the dots ⟨∇ℓ_j, u⟩, and forward-over-reverse
   (``jvp`` of ``grad``) gives H u, both from one forward-mode pass per column.
 
-Both equal the brute-force linearised propagation (tests check each, and that they agree);
-``benchmarks/bench_engine.py --method`` times them. On the small CPU models we measured,
-``"reverse"`` is faster; ``"jvp"`` keeps peak memory lower where activations dominate.
+``"auto"`` (default) takes ``"analytic"`` where the model allows it and ``"reverse"``
+elsewhere. All equal the brute-force linearised propagation (tests check each, and that they
+agree); ``benchmarks/bench_engine.py --method`` times them. On the small CPU models we
+measured, ``"analytic"`` is the fastest and ``"reverse"`` beats ``"jvp"``; ``"jvp"`` keeps peak
+memory lower where activations dominate.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import numpy as np
 import torch
 from torch.func import grad, jvp, vmap
 
+from ._analytic import AnalyticMLP
 from ._io import commit_npy, open_npy_for_writing, save_npy, write_json
 from ._progress import progress_bar
 from .engine import Engine, SegmentReplayer
@@ -93,7 +99,22 @@ def _batched_vjp(outputs, inputs, cotangents):
     return tuple(r if r.shape[:1] == (n,) and r.dim() == x.dim() + 1 else r.new_zeros((n, *x.shape)) for r, x in zip(res, inputs))
 
 
-METHODS = ("reverse", "jvp")
+METHODS = ("auto", "analytic", "reverse", "jvp")
+
+
+def choose_method(fm, method: str) -> tuple[str, AnalyticMLP | None]:
+    """The sweep method actually used for ``method`` on this model, and the closed-form kernels if any."""
+    if method not in METHODS:
+        raise ConfigError(f"method={method!r}: use one of {list(METHODS)}")
+    analytic, why = AnalyticMLP.for_model(fm) if method in ("auto", "analytic") else (None, None)
+    if method == "analytic" and analytic is None:
+        raise ConfigError(
+            f"method='analytic' covers an nn.Sequential of Linear layers with Tanh/ReLU and the built-in "
+            f"cross-entropy, but {why}; use method='reverse' (or 'auto')"
+        )
+    if method == "auto":
+        method = "analytic" if analytic is not None else "reverse"
+    return method, analytic
 
 
 def _hvp_and_dots_jvp(fm, theta: torch.Tensor, Xb: torch.Tensor, yb: torch.Tensor, U: torch.Tensor, chunk: int | None):
@@ -113,8 +134,14 @@ def _hvp_and_dots_jvp(fm, theta: torch.Tensor, Xb: torch.Tensor, yb: torch.Tenso
     return vmap(one, chunk_size=chunk)(U)
 
 
-def _per_sample_grad_norm2(engine: Engine, theta: torch.Tensor, chunk: int | None = None) -> np.ndarray:
+def _per_sample_grad_norm2(engine: Engine, theta: torch.Tensor, chunk: int | None = None, analytic: AnalyticMLP | None = None) -> np.ndarray:
     fm = engine.fm
+    if analytic is not None:  # closed form: no per-sample gradient is formed
+        rows = 8192
+        return np.concatenate([
+            analytic.grad_norm2(theta, engine.Xt[i : i + rows], engine.yt[i : i + rows]).detach().cpu().numpy()
+            for i in range(0, engine.Xt.shape[0], rows)
+        ])
     if chunk is None:  # per-sample gradients of one chunk take at most ~64 MiB
         chunk = max(1, min(engine.Xt.shape[0], 2**26 // (fm.n_params * theta.element_size())))
 
@@ -140,7 +167,7 @@ def compute(
     self_influence: bool = True,
     overwrite: bool = False,
     progress: bool = True,
-    method: str = "reverse",
+    method: str = "auto",
 ) -> Run:
     """Compute the contribution tensor of a recorded run in one reverse sweep.
 
@@ -163,10 +190,13 @@ def compute(
         self-influence signal).
     overwrite : bool
         Replace influence computed earlier with other checkpoints or queries.
-    method : "reverse" (default) or "jvp"
-        How each step's Hessian-vector products and per-sample dots are formed: one
-        batched double-backward pass, or ``torch.func`` forward-mode JVPs vmapped over the
-        adjoint columns. Same numbers up to rounding; see the module docstring.
+    method : "auto" (default), "analytic", "reverse" or "jvp"
+        How each step's Hessian-vector products and per-sample dots are formed: closed-form
+        passes for MLPs with cross-entropy (``"analytic"``), one batched double-backward
+        pass (``"reverse"``), or ``torch.func`` forward-mode JVPs vmapped over the adjoint
+        columns (``"jvp"``). ``"auto"`` takes ``"analytic"`` where the model allows it, else
+        ``"reverse"``. Same numbers up to rounding; see the module docstring. The method used
+        is stored in the influence manifest.
 
     Returns
     -------
@@ -196,6 +226,8 @@ def compute(
 
     engine = Engine(run, model=model, loss_fn=loss_fn, device=device)
     fm, spec = engine.fm, engine.spec
+    method_requested = method
+    method, analytic = choose_method(fm, method)
     T, n, E, P = run.n_steps, run.n_train, run.n_epochs, fm.n_params
     S = engine.n_state
     K, Q = len(cps), len(qs)
@@ -240,7 +272,7 @@ def compute(
                     A_theta[k0 * Q + q] = qgrads[q](theta_c).detach()
                     query_values[q, k0] = float(qfuns[q](theta_c))
                 if grad_norm2 is not None:
-                    grad_norm2[:, k0] = _per_sample_grad_norm2(engine, theta_c)
+                    grad_norm2[:, k0] = _per_sample_grad_norm2(engine, theta_c, analytic=analytic)
             theta, state, g = replayer.step_data(t)
             ids_np, Xb, yb = engine.batch(t)
             B = len(ids_np)
@@ -263,10 +295,14 @@ def compute(
                         g = torch.zeros_like(theta)
                     elif method == "reverse":
                         g = gbar.detach()
+                    elif method == "analytic":
+                        g = analytic.mean_grad(theta, Xb, yb)
                     else:
                         g = grad(lambda th_: fm.losses(th_, Xb, yb).mean())(theta)
                 v_theta, v_state, U = step_vjp(spec, theta, state, g, lr, t, a_theta, a_state)
-            if method == "reverse":
+            if method == "analytic":
+                HU, JU = analytic.hvp_and_dots(theta.detach(), Xb, yb, U)
+            elif method == "reverse":
                 HU, JU = _batched_vjp((gbar,), (th, w), (U,))
             else:
                 HU, JU = _hvp_and_dots_jvp(fm, theta.detach(), Xb, yb, U, jvp_chunk)
@@ -287,6 +323,7 @@ def compute(
         manifest = {
             "complete": True,
             "method": method,
+            "method_requested": method_requested,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "checkpoints": cps.tolist(),
             "queries": [{"query": q.name, "file": f"{q.file_stem}.npy"} for q in qs],

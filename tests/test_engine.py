@@ -312,17 +312,68 @@ def test_float32_runs_store_float32_and_every_loader_accepts_both(tmp_path, refe
     np.testing.assert_allclose(run32.window_influence(0, T), run64.window_influence(0, T), rtol=1e-3, atol=1e-4 * np.abs(run64.window_influence(0, T)).max())
 
 
+@pytest.mark.parametrize("method", ["reverse", "jvp"])
 @pytest.mark.parametrize("case", ["logreg_sgd", "mlp_sgd_momentum_dampening_wd_cosine", "mlp_adam_wd", "mlp_adamw"])
-def test_forward_mode_sweep_equals_reference(reference_runs, case, tmp_path):
-    """``method="jvp"`` (torch.func forward-mode JVPs, vmapped over columns) gives the same tensor."""
+def test_autograd_sweep_methods_equal_reference(reference_runs, case, method, tmp_path):
+    """The built-in models sweep in closed form by default (``method="auto"`` -> ``"analytic"``);
+    the autograd methods — ``"reverse"`` (batched double-backward) and ``"jvp"`` (torch.func
+    forward mode, vmapped over columns) — give the same tensor, and so do their TracIn norms."""
     run, ref = reference_runs(case)
     copy_dir = tmp_path / "copy"
     shutil.copytree(run.path, copy_dir)
-    run_f = dit.compute(copy_dir, checkpoints="epochs", progress=False, method="jvp", overwrite=True)
-    assert run_f.influence_manifest["method"] == "jvp" and run.influence_manifest["method"] == "reverse"
+    run_f = dit.compute(copy_dir, checkpoints="epochs", progress=False, method=method, overwrite=True)
+    assert run.influence_manifest["method"] == "analytic" and run.influence_manifest["method_requested"] == "auto"
+    assert run_f.influence_manifest["method"] == method
     C = run_f.contributions("val_loss")
-    assert_close(C, ref.contributions(run.checkpoints), f"{case}: jvp contributions")
-    assert_close(C, run.contributions("val_loss"), f"{case}: jvp vs reverse")
+    assert_close(C, ref.contributions(run.checkpoints), f"{case}: {method} contributions")
+    assert_close(C, run.contributions("val_loss"), f"{case}: {method} vs analytic")
+    gn_auto = np.load(run.path / "influence" / "grad_norm2.npy", allow_pickle=False)
+    gn_other = np.load(copy_dir / "influence" / "grad_norm2.npy", allow_pickle=False)
+    assert_close(gn_auto, gn_other, f"{case}: per-sample squared gradient norms, analytic vs {method}")
+
+
+def test_analytic_method_covers_mlp_variants_and_refuses_others(tmp_path):
+    """ReLU, bias-free and activation-free stacks, and image-shaped input behind a Flatten, sweep in
+    closed form with the same contributions as autograd; models outside its scope fall back under
+    "auto" and are refused by name under "analytic"."""
+    rng = np.random.default_rng(5)
+    X = torch.as_tensor(rng.normal(size=(30, 2, 3)))
+    y = torch.as_tensor(rng.integers(0, 3, size=30))
+    data = ((X[:20], y[:20]), (X[20:], y[20:]))
+    cfg = dit.TrainConfig(epochs=2, batch_size=5, lr=0.2, dtype="float64")
+    models = {
+        "relu_bias_free": lambda: torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(6, 7), torch.nn.ReLU(), torch.nn.Linear(7, 5, bias=False), torch.nn.Tanh(), torch.nn.Linear(5, 3)
+        ),
+        "no_activation_between": lambda: torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(6, 4), torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Identity(), torch.nn.Linear(4, 3)
+        ),
+    }
+    for name, make in models.items():
+        torch.manual_seed(0)
+        path = dit.record(make(), *data, cfg, tmp_path / name, progress=False)
+        copy_dir = tmp_path / f"{name}_reverse"
+        shutil.copytree(path, copy_dir)
+        torch.manual_seed(0)
+        fast = dit.compute(path, model=make(), progress=False, method="analytic")
+        torch.manual_seed(0)
+        slow = dit.compute(copy_dir, model=make(), progress=False, method="reverse")
+        assert fast.influence_manifest["method"] == "analytic"
+        assert_close(fast.contributions(), slow.contributions(), f"{name}: analytic vs reverse")
+
+    class Shifted(torch.nn.Module):  # not an nn.Sequential
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.lin(x.reshape(len(x), -1)) + 1.0
+
+    path = dit.record(Shifted(), *data, cfg, tmp_path / "shifted", progress=False)
+    with pytest.raises(ConfigError, match="method='analytic'.*Shifted"):
+        dit.compute(path, model=Shifted(), progress=False, method="analytic")
+    run = dit.compute(path, model=Shifted(), progress=False)
+    assert run.influence_manifest["method"] == "reverse" and run.influence_manifest["method_requested"] == "auto"
 
 
 def test_forward_mode_sweep_on_the_cnn(tmp_path):

@@ -77,7 +77,7 @@ def _torch_reference(run, sample, start, stop):
     out = []
     ends = set(run.epoch_end_steps.tolist())
     for t in range(run.n_steps):
-        ids = torch.as_tensor(run.batch(t))
+        ids = torch.as_tensor(np.array(run.batch(t)))
         w = torch.ones(len(ids), dtype=torch.float64)
         if start <= t < stop:
             w[ids == sample] = 0.0
