@@ -27,7 +27,7 @@ resident memory the phase needed, torch's allocations included (tracemalloc woul
     .venv/bin/python benchmarks/bench_engine.py              # 3 repetitions, 1 thread
     .venv/bin/python benchmarks/bench_engine.py --reps 5 --threads 2 --json out.json
     .venv/bin/python benchmarks/bench_engine.py --profile     # where the sweep's time goes
-    .venv/bin/python benchmarks/bench_engine.py --method both # also time compute(method="jvp")
+    .venv/bin/python benchmarks/bench_engine.py --method all  # also time the autograd methods (reverse, jvp)
     .venv/bin/python benchmarks/bench_engine.py --quick       # small sizes, 1 rep (< 60 s; a smoke test)
 """
 
@@ -48,19 +48,24 @@ TRAIN_PHASES = ("record", "plain")
 TARGETS = {"final": 2.0, "epochs": 4.0}  # sweep time / training time, by checkpoint choice
 
 
+# dit.compute's method -> phase-name suffix; "analytic" is what compute's default ("auto")
+# takes for this model (the built-in MLP), the others are the autograd methods any model can use
+METHOD_SUFFIX = {"analytic": "", "reverse": "_reverse", "jvp": "_jvp"}
+
+
 def sweep_phases(method: str) -> tuple[str, ...]:
-    """Sweep phase names: {final,epochs}[_jvp][_noself]."""
-    methods = {"reverse": ("",), "jvp": ("_jvp",), "both": ("", "_jvp")}[method]
-    return tuple(f"{cp}{m}{s}" for m in methods for cp in ("final", "epochs") for s in ("", "_noself"))
+    """Sweep phase names: {final,epochs}[_reverse|_jvp][_noself]."""
+    methods = list(METHOD_SUFFIX) if method == "all" else [method]
+    return tuple(f"{cp}{METHOD_SUFFIX[m]}{s}" for m in methods for cp in ("final", "epochs") for s in ("", "_noself"))
 
 
-ALL_PHASES = TRAIN_PHASES + sweep_phases("both")
+ALL_PHASES = TRAIN_PHASES + sweep_phases("all")
 
 
 def parse_sweep_phase(phase: str) -> tuple[str, str, bool]:
     """(checkpoints, method, self_influence) of a sweep phase name."""
     checkpoints = "final" if phase.startswith("final") else "epochs"
-    method = "jvp" if "_jvp" in phase else "reverse"
+    method = next((m for m, suf in METHOD_SUFFIX.items() if suf and suf in phase), "analytic")
     return checkpoints, method, not phase.endswith("_noself")
 
 
@@ -196,7 +201,7 @@ def run_phase(args, phase: str, run_dir) -> dict:
         seconds = time.perf_counter() - t0
         extra["final_param_deviation"] = trainer.final_deviation(model)
     else:
-        checkpoints, method, self_influence = ("epochs", "reverse", True) if phase == "record" else parse_sweep_phase(phase)
+        checkpoints, method, self_influence = ("epochs", "auto", True) if phase == "record" else parse_sweep_phase(phase)
         with tempfile.TemporaryDirectory() as tmp:  # warm-up: lazy imports, first-call overheads
             warm = record(Path(tmp) / "warm", epochs=1, n=64)
             dit.compute(warm, checkpoints="epochs", progress=False, method=method, self_influence=self_influence)
@@ -244,7 +249,7 @@ def spawn(args, phase: str, run_dir: Path) -> dict:
 def _label(phase: str, epochs: int) -> str:
     checkpoints, method, self_influence = parse_sweep_phase(phase)
     cp = "final checkpoint" if checkpoints == "final" else f"{epochs} epoch cps"
-    return f"{'jvp ' if method == 'jvp' else ''}sweep, {cp}{'' if self_influence else ', no self-inf.'}"
+    return f"{'' if method == 'analytic' else method + ' '}sweep, {cp}{'' if self_influence else ', no self-inf.'}"
 
 
 def main(argv=None) -> int:
@@ -262,8 +267,9 @@ def main(argv=None) -> int:
                    help="run every phase in this process instead of a fresh subprocess each (faster to start; "
                         "peak memory is then the growth of one long-lived process, not per phase)")
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--method", choices=["reverse", "jvp", "both"], default="reverse",
-                   help="sweep implementation(s) to time (default: reverse, the default of dit.compute)")
+    p.add_argument("--method", choices=["analytic", "reverse", "jvp", "all"], default="analytic",
+                   help="sweep implementation(s) to time (default: analytic, what dit.compute's method='auto' "
+                        "takes for this model; reverse/jvp are the autograd methods used for other models; all: the three)")
     p.add_argument("--phase", choices=ALL_PHASES, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -322,7 +328,10 @@ def main(argv=None) -> int:
         "median_peak_mib": mem,
         "targets": targets,
         "pass": passed,
-        "all_pass": all(v["vs_plain_training"] for v in passed.values()),
+        # the targets are about the sweep a user gets by default (method="auto" -> analytic here)
+        "all_pass": all(v["vs_plain_training"] for ph, v in passed.items() if parse_sweep_phase(ph)[1] == "analytic")
+        if any(parse_sweep_phase(ph)[1] == "analytic" for ph in sweeps)
+        else all(v["vs_plain_training"] for v in passed.values()),
         "plain_final_param_deviation": deviations,
         "wall_seconds": time.perf_counter() - began,
         "reps": rows,
@@ -346,7 +355,7 @@ def main(argv=None) -> int:
           "'no self-inf.' = compute(self_influence=False), without the TracIn per-sample grad-norm pass")
     print("  peak MiB = ru_maxrss after the phase - RSS before it ("
           + ("all phases in this process: later phases may show 0)" if args.in_process else "fresh process per phase)"))
-    print(f"overall (vs plain training): {'PASS' if summary['all_pass'] else 'FAIL'}"
+    print(f"overall (default sweep vs plain training): {'PASS' if summary['all_pass'] else 'FAIL'}"
           + ("  (--quick: sizes too small for the targets to mean much)" if args.quick else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -34,9 +34,9 @@ def _finite_positive(x) -> bool:
 
 
 def test_bench_engine_quick(repo_root, tmp_path):
-    stdout, doc = _run(repo_root, tmp_path, "bench_engine", "--method", "both")
-    sweeps = [f"{cp}{m}{s}" for m in ("", "_jvp") for cp in ("final", "epochs") for s in ("", "_noself")]
-    assert doc["mode"] == "quick" and doc["setup"]["reps"] == 1 and doc["setup"]["method"] == "both"
+    stdout, doc = _run(repo_root, tmp_path, "bench_engine", "--method", "all")
+    sweeps = [f"{cp}{m}{s}" for m in ("", "_reverse", "_jvp") for cp in ("final", "epochs") for s in ("", "_noself")]
+    assert doc["mode"] == "quick" and doc["setup"]["reps"] == 1 and doc["setup"]["method"] == "all"
     assert set(doc["median_seconds"]) == {"record", "plain", *sweeps}
     assert all(_finite_positive(v) for v in doc["median_seconds"].values())
     assert set(doc["median_ratio_to_plain_training"]) == {"record", *sweeps}
