@@ -63,14 +63,25 @@ def timeline(steps: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, w
     return fig
 
 
+def _binned_bars(fig: go.Figure, values: np.ndarray, groups: list[tuple[str, np.ndarray, str, float]]) -> None:
+    """Histogram bars binned on the server (ex.histogram_counts): only the counts go to the browser."""
+    edges, counts = ex.histogram_counts(values, {name: mask for name, mask, _, _ in groups})
+    centers, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    for name, _, colour, opacity in groups:
+        fig.add_trace(go.Bar(x=centers, y=counts[name], width=widths, name=name, marker_color=colour, opacity=opacity,
+                             hovertemplate="%{y} samples in [%{customdata[0]:.3g}, %{customdata[1]:.3g})<extra>" + name + "</extra>",
+                             customdata=np.stack([edges[:-1], edges[1:]], axis=1)))
+
+
 def histogram(scores: np.ndarray, corrupted: np.ndarray | None, *, title: str) -> go.Figure:
     fig = go.Figure()
     s = np.asarray(scores, dtype=np.float64)
+    everyone = np.ones(s.shape, dtype=bool)
     if corrupted is None:
-        fig.add_trace(go.Histogram(x=s, nbinsx=80, name="all samples", marker_color="#52606d"))
+        _binned_bars(fig, s, [("all samples", everyone, "#52606d", 1.0)])
     else:
-        fig.add_trace(go.Histogram(x=s[~corrupted], nbinsx=80, name="clean label", marker_color="#52606d", opacity=0.7))
-        fig.add_trace(go.Histogram(x=s[corrupted], nbinsx=80, name="corrupted label", marker_color=HARMFUL, opacity=0.7))
+        c = np.asarray(corrupted, dtype=bool)
+        _binned_bars(fig, s, [("clean label", ~c, "#52606d", 0.7), ("corrupted label", c, HARMFUL, 0.7)])
     fig.add_vline(x=0, line_dash="dot", line_color="#333")
     fig.update_layout(barmode="overlay", height=300, title=title, margin=dict(l=10, r=10, t=40, b=10),
                       xaxis_title="influence (positive = helped, negative = hurt)", yaxis_title="samples")
@@ -146,8 +157,8 @@ def score_histogram(scores: np.ndarray, flags: np.ndarray, *, signal: str) -> go
     s = np.asarray(scores, dtype=np.float64)
     ok = np.isfinite(s)
     fig = go.Figure()
-    fig.add_trace(go.Histogram(x=s[ok & ~flags], nbinsx=80, name="not flagged", marker_color="#9aa5b1"))
-    fig.add_trace(go.Histogram(x=s[ok & flags], nbinsx=80, name="flagged", marker_color=HARMFUL))
+    f = np.asarray(flags, dtype=bool)
+    _binned_bars(fig, s, [("not flagged", ok & ~f, "#9aa5b1", 1.0), ("flagged", ok & f, HARMFUL, 1.0)])
     fig.update_layout(barmode="overlay", height=260, margin=dict(l=10, r=10, t=30, b=10),
                       xaxis_title=f"{signal} (higher = more suspicious)", yaxis_title="samples")
     return fig

@@ -37,11 +37,24 @@ def _tmp_path(path: Path) -> Path:
     return Path(name)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a written file to disk before it is renamed into place (so a crash or power loss
+    leaves either the old file or the complete new one, never an empty one)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path: Path, obj: Any) -> None:
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -83,6 +96,8 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     try:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -103,6 +118,7 @@ def open_npy_for_writing(path: Path, shape: tuple[int, ...], dtype: Any) -> tupl
 def commit_npy(arr: np.memmap, tmp: Path, path: Path) -> None:
     arr.flush()
     del arr
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
@@ -111,6 +127,7 @@ def save_parquet(path: Path, df: pd.DataFrame) -> None:
     tmp = _tmp_path(path)
     try:
         df.to_parquet(tmp, index=False)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -7,12 +7,20 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .errors import ConfigError
 
 SCHEDULES = ("constant", "step", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TRAJECTORY_MODES = ("auto", "full", "checkpoint")
 DTYPES = ("float32", "float64")
+
+
+_INT_FIELDS = ("epochs", "batch_size", "step_every", "seed", "checkpoint_every")
+_OPTIONAL_FIELDS = ("checkpoint_every",)
+_NUMBER_FIELDS = ("lr", "step_gamma", "min_lr", "momentum", "dampening", "weight_decay", "eps", "max_trajectory_mb", "replay_memory_mb")
+_STR_FIELDS = ("schedule", "optimizer", "trajectory", "dtype", "device")
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,32 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
             raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
+
+        # types first, so that every later check compares numbers with numbers
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if v is None and name in _OPTIONAL_FIELDS:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                bad(name, "must be an integer")
+            object.__setattr__(self, name, int(v))
+        for name in _NUMBER_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+                bad(name, "must be a finite number")
+            object.__setattr__(self, name, float(v))
+        for name in _STR_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                bad(name, "must be a string")
+        if not isinstance(self.nesterov, (bool, np.bool_)):
+            bad("nesterov", "must be True or False")
+        object.__setattr__(self, "nesterov", bool(self.nesterov))
+        try:
+            betas = tuple(self.betas)
+        except TypeError:
+            bad("betas", "must be two numbers in [0, 1)")
+        if len(betas) != 2 or not all(isinstance(b, (int, float, np.integer, np.floating)) and not isinstance(b, bool) for b in betas):
+            bad("betas", "must be two numbers in [0, 1)")
 
         if not isinstance(self.epochs, int) or self.epochs < 1:
             bad("epochs", "must be a positive integer")

@@ -677,6 +677,56 @@ def group_profiles(trajectories: np.ndarray, groups: np.ndarray) -> pd.DataFrame
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["group", "window", "mean", "n"])
 
 
+def histogram_counts(values: np.ndarray, groups: dict[str, np.ndarray], *, bins: int = 80) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Counts of ``values`` in ``bins`` equal bins shared by every group, for drawing on the server side.
+
+    ``groups`` maps a name to a boolean mask (n,). Non-finite values are left out. Returns
+    ``(edges (bins+1,), {name: counts (bins,)})``. The dashboard draws these counts as bars, so
+    a brush sends ``bins`` numbers per group to the browser instead of every sample's score.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    if ok.any():
+        lo, hi = float(v[ok].min()), float(v[ok].max())
+        if lo == hi:
+            lo, hi = lo - 0.5, hi + 0.5
+    else:
+        lo, hi = 0.0, 1.0
+    edges = np.linspace(lo, hi, int(bins) + 1)
+    counts = {name: np.histogram(v[ok & np.asarray(mask, dtype=bool)], bins=edges)[0] for name, mask in groups.items()}
+    return edges, counts
+
+
+def trajectory_bounds(run: Run) -> np.ndarray:
+    """Step boundaries of the columns of ``run.trajectories(kind)`` for every kind, (K+1,).
+
+    Column k covers the checkpoint interval ``[c_{k-1}, c_k)`` (``c_{-1} = 0``), whatever the
+    checkpoints are (epoch ends or custom steps).
+    """
+    return np.concatenate([[0], run.checkpoints]).astype(np.int64)
+
+
+def group_table(groups: np.ndarray, order: Sequence, *, corrupted: np.ndarray | None = None,
+                patterns: np.ndarray | None = None, name: str = "group") -> pd.DataFrame:
+    """One row per group in ``order``: ``<name>``, ``samples`` and, where given, the share of
+    corrupted labels (NaN for an empty group) and the group's most common pattern."""
+    g = np.asarray(groups)
+    sizes, shares, main = [], [], []
+    for value in order:
+        sel = g == value
+        sizes.append(int(sel.sum()))
+        if corrupted is not None:
+            shares.append(float(np.asarray(corrupted)[sel].mean()) if sel.any() else float("nan"))
+        if patterns is not None:
+            main.append(pd.Series(np.asarray(patterns)[sel]).value_counts().index[0] if sel.any() else "")
+    out = pd.DataFrame({name: list(order), "samples": sizes})
+    if corrupted is not None:
+        out["corrupted share"] = shares
+    if patterns is not None:
+        out["main pattern"] = main
+    return out
+
+
 # ============================================================================ flags
 def available_signals(run: Run) -> dict[str, str]:
     """Suspicion signals on offer for ``run``: name -> description (higher = more suspicious).
@@ -927,6 +977,9 @@ def export_bytes(table: pd.DataFrame, fmt: str) -> bytes:
 
 
 __all__ = [
+    "histogram_counts",
+    "trajectory_bounds",
+    "group_table",
     "SIGN_CONVENTION",
     "MODES",
     "LIVE_SIGNALS",

@@ -76,4 +76,12 @@ def query_function(query: Query, fm, X_val: torch.Tensor, y_val: torch.Tensor) -
     if query.kind == "test_loss":
         return lambda theta: fm.losses(theta, Xi, yi)[0]
     cls = query.cls if query.cls is not None else int(yi[0])
+    with torch.no_grad():  # the model's output width, to check the class before any sweep starts
+        probe = fm.outputs(fm.initial_theta().to(device=X_val.device, dtype=X_val.dtype), Xi)
+    if probe.ndim != 2:
+        raise ConfigError(f"query {query.name!r}: logits need a model with (batch, classes) outputs, got shape {tuple(probe.shape)}")
+    if not 0 <= cls < probe.shape[1]:
+        raise ConfigError(
+            f"query {query.name!r}: class {cls} does not exist; the model has {probe.shape[1]} outputs (classes 0..{probe.shape[1] - 1})"
+        )
     return lambda theta: fm.outputs(theta, Xi)[0, cls]

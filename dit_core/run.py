@@ -19,6 +19,7 @@ from ._io import FORMAT_NAME, FORMAT_VERSION, MANIFEST, load_npy, load_parquet, 
 from .config import TrainConfig
 from .errors import (
     ConfigError,
+    DITError,
     FormatVersionError,
     InfluenceNotComputedError,
     RunIncompleteError,
@@ -82,6 +83,36 @@ def read_manifest(path: Path, *, allow_incomplete: bool = False) -> dict:
     return manifest
 
 
+
+def as_step(value, name: str) -> int:
+    """``value`` as a step index: an integer (Python or NumPy, or a float with no fractional
+    part); anything else — a bool, 2.5, "3" — is refused naming ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name}={value!r} must be an integer step, not a bool")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    raise ConfigError(f"{name}={value!r} must be an integer step")
+
+
+def _per_run_cache(method):
+    """Cache a Run method's results on the Run object itself (keyed by its arguments).
+
+    Unlike ``functools.lru_cache`` on a method, the cache lives and dies with the object, so
+    a Run that is no longer used releases its memory maps and temporary files.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        cache = self.__dict__.setdefault("_method_cache", {})
+        key = (method.__name__, args, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = method(self, *args, **kwargs)
+        return cache[key]
+
+    return wrapper
+
 class Run:
     """A recorded run, opened read-only. Create with :func:`load_run`.
 
@@ -119,7 +150,67 @@ class Run:
         missing = [f for f in _RUN_FILES if not (self.path / f).exists()]
         if missing:
             raise RunIncompleteError(f"{self.path} is missing {', '.join(missing)}: the run is damaged or half-written")
-        self._influence_manifest = self._read_influence_manifest()
+        try:
+            self._check_structure()
+            self._influence_manifest = self._read_influence_manifest()
+        except DITError:
+            raise
+        except Exception as exc:  # a damaged file: say so, with the reader's own message
+            raise RunIncompleteError(
+                f"{self.path} could not be read ({type(exc).__name__}: {exc}); the run is damaged or half-written"
+            ) from exc
+
+    def _check_structure(self) -> None:
+        """Cheap consistency checks (manifest fields, array headers, table row counts).
+
+        Reads only .npy headers (memory-mapped) and Parquet footers, so opening a large run
+        stays fast; a damaged run is refused here, naming the file, instead of failing later
+        deep inside a computation.
+        """
+        import pyarrow.parquet as pq
+
+        m = self.manifest
+        for key in ("n_train", "n_val", "n_steps", "n_epochs", "steps_per_epoch", "n_params"):
+            v = m.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise RunIncompleteError(f"{self.path / MANIFEST}: {key!r} is {v!r}, not a count; the run is damaged")
+        for key in ("config", "optimizer", "trajectory", "model", "loss"):
+            if not isinstance(m.get(key), dict):
+                raise RunIncompleteError(f"{self.path / MANIFEST}: {key!r} is missing or not an object; the run is damaged")
+        n, E, T = self.n_train, self.n_epochs, self.n_steps
+
+        def read(name, how):
+            try:
+                return how(self.path / name)
+            except Exception as exc:
+                raise RunIncompleteError(
+                    f"{self.path / name} could not be read ({type(exc).__name__}: {exc}); the run is damaged or half-written"
+                ) from exc
+
+        def shape(name):
+            return tuple(read(name, load_npy).shape)
+
+        def rows(name):
+            return read(name, lambda f: pq.ParquetFile(f).metadata.num_rows)
+
+        offsets = read("batch_offsets.npy", load_npy)
+        checks = {
+            "train_X.npy": (shape("train_X.npy")[:1], (n,)),
+            "train_y.npy": (shape("train_y.npy"), (n,)),
+            "val_X.npy": (shape("val_X.npy")[:1], (self.n_val,)),
+            "val_y.npy": (shape("val_y.npy"), (self.n_val,)),
+            "batch_offsets.npy": (tuple(offsets.shape), (T + 1,)),
+            "batch_ids.npy": (shape("batch_ids.npy"), (int(offsets[-1]) if len(offsets) else 0,)),
+            "sample_step.npy": (shape("sample_step.npy"), (n, E)),
+            "samples.parquet": ((rows("samples.parquet"),), (n,)),
+            "steps.parquet": ((rows("steps.parquet"),), (T,)),
+            "epochs.parquet": ((rows("epochs.parquet"),), (E,)),
+        }
+        for name, (got, want) in checks.items():
+            if tuple(got) != tuple(want):
+                raise RunIncompleteError(
+                    f"{self.path / name} has shape {tuple(got)} but the manifest says {tuple(want)}; the run is damaged"
+                )
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -296,10 +387,28 @@ class Run:
             im = read_json(ipath)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RunIncompleteError(f"{ipath} is not valid JSON ({exc}); run `dit compute` again") from exc
-        for q in im.get("queries", []):
+        damaged = f"{ipath} is damaged; run `dit compute {self.path} --overwrite` again"
+        if not isinstance(im, dict) or not isinstance(im.get("checkpoints"), list) or not isinstance(im.get("queries"), list):
+            raise RunIncompleteError(f"{damaged} (it needs a 'checkpoints' list and a 'queries' list)")
+        cps = im["checkpoints"]
+        if (
+            not cps
+            or not all(isinstance(c, int) and not isinstance(c, bool) for c in cps)
+            or sorted(set(cps)) != cps
+            or cps[0] < 1
+            or cps[-1] != self.n_steps
+        ):
+            raise RunIncompleteError(f"{damaged} (checkpoints {str(cps)[:80]} must ascend to n_steps={self.n_steps})")
+        expected = (len(cps), self.n_train, self.n_epochs)
+        for q in im["queries"]:
+            if not isinstance(q, dict) or not isinstance(q.get("file"), str) or not isinstance(q.get("query"), str):
+                raise RunIncompleteError(f"{damaged} (a query entry is not {{'query': ..., 'file': ...}})")
             f = self.path / INFLUENCE_DIR / q["file"]
             if not f.exists():
                 raise RunIncompleteError(f"{f} is missing: the influence is half-written; run `dit compute` again")
+            got = tuple(load_npy(f).shape)
+            if got != expected:
+                raise RunIncompleteError(f"{f} has shape {got}, expected {expected}; run `dit compute {self.path} --overwrite` again")
         return im
 
     @property
@@ -334,7 +443,7 @@ class Run:
             f"run `dit compute {self.path} --query {name}`"
         )
 
-    @functools.lru_cache(maxsize=8)
+    @_per_run_cache
     def _contrib_raw(self, query: str) -> np.ndarray:
         entry = self._query_entry(query)
         arr = load_npy(self.path / INFLUENCE_DIR / entry["file"])
@@ -358,13 +467,14 @@ class Run:
             raise InfluenceNotComputedError(f"no influence computed for {self.path}; run `dit compute {self.path}` first")
         if at is None:
             return len(cps) - 1
-        hits = np.flatnonzero(cps == int(at))
+        at = as_step(at, "at")
+        hits = np.flatnonzero(cps == at)
         if len(hits) == 0:
             raise ConfigError(f"at={at} is not a checkpoint; checkpoints are {_short(cps)}")
         return int(hits[0])
 
     def _check_window(self, start: int, stop: int) -> tuple[int, int]:
-        start, stop = int(start), int(stop)
+        start, stop = as_step(start, "start"), as_step(stop, "stop")
         if not 0 <= start < stop <= self.n_steps:
             raise ConfigError(f"window [{start}, {stop}) must satisfy 0 <= start < stop <= n_steps = {self.n_steps}")
         return start, stop
@@ -397,7 +507,7 @@ class Run:
         mask = (s >= start) & (s < stop)
         return np.where(mask, C, 0).sum(axis=1, dtype=np.float64)
 
-    @functools.lru_cache(maxsize=8)
+    @_per_run_cache
     def cumulative_influence(self, query: str = "val_loss") -> np.ndarray:
         """I[j, k]: influence of removing sample j from the whole run up to checkpoint k, (n_train, K)."""
         raw = self._contrib_raw(query)
@@ -420,7 +530,7 @@ class Run:
         sample j from all steps before c. ``start`` may be 0 (then ``I_j(0) = 0``). Positive =
         removing the sample raises the query (for a loss: it helped).
         """
-        start, stop = int(start), int(stop)
+        start, stop = as_step(start, "start"), as_step(stop, "stop")
         if start >= stop:
             raise ConfigError(f"accrued_influence needs start < stop, got start={start}, stop={stop}")
         cum = self.cumulative_influence(query)

@@ -225,6 +225,30 @@ def save_signals(run: Run, *, query: str = "val_loss") -> Path:
     return path
 
 
+def drop_influence_signals(run_dir: str | Path) -> list[str]:
+    """Remove the influence-derived columns (:data:`INFLUENCE_SIGNALS`) from ``signals.parquet``.
+
+    Called by :func:`dit_core.compute` whenever it writes new influence, so that neither the
+    dashboard nor ``dit export`` ranks by scores of the influence it replaced; they recompute
+    them from the new influence (``dit signals`` stores them again). Training-dynamics
+    columns (``aum``, ``final_loss``, ``forgetting``) and other tools' columns are kept; the
+    file is removed when nothing else is left. Returns the columns dropped.
+    """
+    path = Path(run_dir) / SIGNALS_FILE
+    if not path.exists():
+        return []
+    old = load_parquet(path)
+    stale = [c for c in old.columns if c in INFLUENCE_SIGNALS]
+    if not stale:
+        return []
+    rest = old.drop(columns=stale)
+    if [c for c in rest.columns if c != "sample_id"]:
+        save_parquet(path, rest)
+    else:
+        path.unlink()
+    return stale
+
+
 def _expected_hits_in_top(scores: np.ndarray, positive: np.ndarray, m: int) -> float:
     """Expected number of positives among the m highest scores, ties broken at random."""
     if m <= 0:

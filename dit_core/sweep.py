@@ -56,7 +56,8 @@ from .engine import Engine, SegmentReplayer
 from .errors import ConfigError, RunExistsError
 from .optim import step_vjp
 from .queries import parse_query, query_function
-from .run import INFLUENCE_DIR, INFLUENCE_MANIFEST, Run, load_run
+from .run import INFLUENCE_DIR, INFLUENCE_MANIFEST, Run, as_step, load_run
+from .signals import drop_influence_signals
 
 
 def resolve_checkpoints(run: Run, checkpoints) -> np.ndarray:
@@ -71,9 +72,10 @@ def resolve_checkpoints(run: Run, checkpoints) -> np.ndarray:
             raise ConfigError(f"checkpoints={checkpoints!r}: use 'epochs', 'final' or a list of step indices")
     else:
         try:
-            cps = np.asarray(list(checkpoints), dtype=np.int64)
-        except (TypeError, ValueError) as exc:
+            items = list(checkpoints)
+        except TypeError as exc:
             raise ConfigError(f"checkpoints must be 'epochs', 'final' or a list of integer steps, got {checkpoints!r}") from exc
+        cps = np.asarray([as_step(c, "checkpoint") for c in items], dtype=np.int64)
         bad = cps[(cps < 1) | (cps > T)]
         if len(bad):
             raise ConfigError(f"checkpoint steps must lie in [1, n_steps={T}]; got {bad.tolist()}")
@@ -208,20 +210,39 @@ def compute(
         raise ConfigError(f"method={method!r}: use one of {list(METHODS)}")
     run = load_run(run_dir)
     cps = resolve_checkpoints(run, checkpoints)
-    qs = [parse_query(q) for q in (queries if not isinstance(queries, str) else [queries])]
+    if isinstance(queries, str):
+        queries = [queries]
+    try:
+        queries = list(queries)
+    except TypeError:
+        raise ConfigError(f"queries must be a sequence of query strings such as ('val_loss',), got {queries!r}") from None
+    qs = [parse_query(q) for q in queries]
     if not qs:
         raise ConfigError("queries must name at least one query, e.g. ('val_loss',)")
     if len({q.name for q in qs}) != len(qs):
         raise ConfigError(f"queries contains duplicates: {[q.name for q in qs]}")
     if run.has_influence and not overwrite:
         old = run.influence_manifest
-        same = list(old["checkpoints"]) == cps.tolist() and [q["query"] for q in old["queries"]] == [q.name for q in qs]
+        old_self = "grad_norm2_file" in old
+        old_args = (
+            f"checkpoints {_brief(old['checkpoints'])}, queries {[q['query'] for q in old['queries']]}, "
+            f"method {old.get('method')!r}, self_influence={old_self}"
+        )
+        new_args = (
+            f"checkpoints {_brief(cps.tolist())}, queries {[q.name for q in qs]}, method {method!r}, "
+            f"self_influence={bool(self_influence)}"
+        )
+        same = (
+            list(old["checkpoints"]) == cps.tolist()
+            and [q["query"] for q in old["queries"]] == [q.name for q in qs]
+            and (method == "auto" or method == old.get("method"))
+            and (old_self or not self_influence)
+        )
         if same:
             return run
         raise RunExistsError(
-            f"{run.path} already has influence for checkpoints {_brief(old['checkpoints'])} and queries "
-            f"{[q['query'] for q in old['queries']]}; you asked for checkpoints {_brief(cps.tolist())} and queries "
-            f"{[q.name for q in qs]}. Pass overwrite=True (CLI: --overwrite) to replace it."
+            f"{run.path} already has influence computed with {old_args}; you asked for {new_args}. "
+            "Pass overwrite=True (CLI: --overwrite) to replace it."
         )
 
     engine = Engine(run, model=model, loss_fn=loss_fn, device=device)
@@ -353,6 +374,7 @@ def compute(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    drop_influence_signals(run.path)  # scores derived from the influence just replaced are stale
     return load_run(run.path)
 
 

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -933,6 +934,40 @@ def test_damaged_run_directories(tmp_path, small_run):
         dit.load_run(half)
 
 
+def _damage(src: Path, dst: Path, how) -> Path:
+    shutil.copytree(src, dst)
+    how(dst)
+    return dst
+
+
+def _edit_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(doc)))
+
+
+@pytest.mark.parametrize(
+    "name, how, match",
+    [
+        ("garbage_npy", lambda d: (d / "sample_step.npy").write_bytes(b"garbage!"), r"sample_step.npy could not be read \(ValueError"),
+        ("garbage_parquet", lambda d: (d / "steps.parquet").write_bytes(b"1234567"), r"steps.parquet could not be read \(ArrowInvalid"),
+        ("short_offsets", lambda d: np.save(d / "batch_offsets.npy", np.load(d / "batch_offsets.npy")[:-2]), r"batch_offsets.npy has shape \(5,\) but the manifest says \(7,\)"),
+        ("short_step_table", lambda d: np.save(d / "sample_step.npy", np.load(d / "sample_step.npy")[:-1]), r"sample_step.npy has shape \(21, 2\) but the manifest says \(22, 2\)"),
+        ("no_n_train", lambda d: _edit_json(d / "manifest.json", lambda m: {k: v for k, v in m.items() if k != "n_train"}), r"'n_train' is None, not a count"),
+        ("influence_list", lambda d: _edit_json(d / "influence" / "influence.json", lambda m: [1, 2]), r"influence.json is damaged.*'checkpoints' list"),
+        ("influence_cps", lambda d: _edit_json(d / "influence" / "influence.json", lambda m: {**m, "checkpoints": [3, 5]}), r"must ascend to n_steps=6"),
+        ("influence_shape", lambda d: np.save(d / "influence" / "val_loss.npy", np.zeros((2, 22, 1))), r"val_loss.npy has shape \(2, 22, 1\), expected \(2, 22, 2\)"),
+    ],
+)
+def test_damaged_files_inside_a_run_are_named(tmp_path, small_run, name, how, match):
+    """A damaged file is refused when the run is opened (API, CLI, dashboard alike), naming it."""
+    from dit_core.cli import main
+
+    bad = _damage(small_run.path, tmp_path / name, how)
+    with pytest.raises(RunIncompleteError, match=match):
+        dit.load_run(bad)
+    assert main(["info", str(bad)]) == 2
+
+
 def test_bad_window_and_query_arguments(small_run):
     run = small_run
     T = run.n_steps
@@ -956,6 +991,21 @@ def test_bad_window_and_query_arguments(small_run):
         dit.compute(run.path, checkpoints=[0, 2], overwrite=True, progress=False)
     with pytest.raises(ConfigError, match="accrued_influence needs start < stop"):
         run.accrued_influence(6, 3)
+    # steps are integers: no silent truncation of 0.7 or 5.9, no strings or bools
+    for bad, name in [((0.7, 5), "start=0.7"), ((0, 5.9), "stop=5.9"), (("a", 5), "start='a'"), ((0, True), "stop=True")]:
+        with pytest.raises(ConfigError, match=re.escape(name)):
+            run.window_influence(*bad)
+    with pytest.raises(ConfigError, match=re.escape("at='6'")):
+        run.window_influence(0, 3, at="6")
+    with pytest.raises(ConfigError, match=re.escape("start=1.5")):
+        run.accrued_influence(1.5, 6)
+    np.testing.assert_array_equal(run.window_influence(np.int64(0), 3.0, at=6.0), run.window_influence(0, 3, at=6))
+    with pytest.raises(ConfigError, match=re.escape("checkpoint=3.7")):
+        dit.compute(run.path, checkpoints=[3.7], overwrite=True, progress=False)
+    with pytest.raises(ConfigError, match="queries must be a sequence"):
+        dit.compute(run.path, queries=None, overwrite=True, progress=False)
+    with pytest.raises(ConfigError, match=r"class 5 does not exist; the model has 3 outputs"):
+        dit.compute(run.path, queries=["test_logit=0:5"], overwrite=True, progress=False)
     # the failed calls above left the computed influence alone
     assert dit.load_run(run.path).checkpoints.tolist() == [3, 6]
 
@@ -966,14 +1016,54 @@ def test_compute_refuses_to_overwrite_different_arguments(tmp_path):
     before = np.array(first.contributions())
     again = dit.compute(path, progress=False)  # same arguments: reuses what is there
     assert again.influence_manifest["created"] == first.influence_manifest["created"]
-    with pytest.raises(RunExistsError, match=r"already has influence for checkpoints \[3, 6\].*you asked for checkpoints \[6\]"):
+    with pytest.raises(RunExistsError, match=r"already has influence computed with checkpoints \[3, 6\].*you asked for checkpoints \[6\]"):
         dit.compute(path, checkpoints="final", progress=False)
+    # an explicit other method is another computation; "auto" accepts what is there
+    with pytest.raises(RunExistsError, match=r"method 'analytic'.*method 'jvp'"):
+        dit.compute(path, method="jvp", progress=False)
+    assert dit.compute(path, method="analytic", progress=False).influence_manifest["created"] == first.influence_manifest["created"]
     with pytest.raises(RunExistsError, match="overwrite=True"):
         dit.compute(path, queries=["test_loss=0"], progress=False)
     np.testing.assert_array_equal(dit.load_run(path).contributions(), before)
     final = dit.compute(path, checkpoints="final", overwrite=True, progress=False)
     assert final.checkpoints.tolist() == [6]
     np.testing.assert_allclose(final.contributions()[:, :, 0], before[:, :, 1], rtol=1e-12, atol=1e-15)
+
+
+def test_compute_without_self_influence_is_not_taken_for_one_with_it(tmp_path):
+    path, _ = record_tiny(tmp_path / "run", epochs=2)
+    plain = dit.compute(path, progress=False, self_influence=False)
+    assert "grad_norm2_file" not in plain.influence_manifest
+    # the default asks for the TracIn norms too: what is stored does not have them
+    with pytest.raises(RunExistsError, match="self_influence=False; you asked for .*self_influence=True"):
+        dit.compute(path, progress=False)
+    # asking for less than what is stored reuses it
+    full = dit.compute(path, progress=False, overwrite=True)
+    assert dit.compute(path, progress=False, self_influence=False).influence_manifest["created"] == full.influence_manifest["created"]
+
+
+def test_recomputing_influence_drops_the_stale_stored_signals(tmp_path):
+    from dit_core import explore
+    from dit_core.signals import INFLUENCE_SIGNALS, SIGNALS_FILE, save_signals
+
+    path, _ = record_tiny(tmp_path / "run", epochs=3)
+    run = dit.compute(path, progress=False)
+    save_signals(run)
+    stored = pd.read_parquet(path / SIGNALS_FILE)
+    assert set(INFLUENCE_SIGNALS) <= set(stored.columns)
+    # a custom column of another tool, kept across the recomputation
+    stored["my_score"] = np.arange(len(stored), dtype=float)
+    stored.to_parquet(path / SIGNALS_FILE)
+
+    other = dit.compute(path, queries=["class_loss=1"], overwrite=True, progress=False)
+    kept = pd.read_parquet(path / SIGNALS_FILE)
+    assert not set(INFLUENCE_SIGNALS) & set(kept.columns)
+    assert {"aum", "final_loss", "forgetting", "my_score"} <= set(kept.columns)
+    np.testing.assert_array_equal(kept["aum"], stored["aum"])
+    # what the dashboard and `dit export` rank by now comes from the new influence
+    table = explore.signal_table(other, query="class_loss=1")
+    np.testing.assert_allclose(table["dit_full"], -other.window_influence(0, other.n_steps, query="class_loss=1"), rtol=1e-12)
+    assert not np.allclose(table["dit_full"], stored["dit_full"])
 
 
 def test_existing_output_directory(tmp_path):

@@ -346,6 +346,51 @@ def test_patterns_and_profiles(digits):
         np.testing.assert_allclose(got, T[pat == p].mean(axis=0))
 
 
+def test_histogram_counts_share_bins_and_count_every_finite_value():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=1000)
+    v[:3] = [np.nan, np.inf, -np.inf]
+    a = rng.random(1000) < 0.3
+    edges, counts = ex.histogram_counts(v, {"a": a, "b": ~a}, bins=20)
+    assert edges.shape == (21,) and edges[0] == np.nanmin(v[3:]) and edges[-1] == np.nanmax(v[3:])
+    assert counts["a"].sum() == (a[3:]).sum() and counts["b"].sum() == (~a[3:]).sum()
+    np.testing.assert_array_equal(counts["a"], np.histogram(v[3:][a[3:]], bins=edges)[0])
+    # one distinct value and no finite value still give usable bins
+    edges, counts = ex.histogram_counts(np.full(5, 2.0), {"all": np.ones(5, bool)}, bins=4)
+    assert edges[0] < 2.0 < edges[-1] and counts["all"].sum() == 5
+    edges, counts = ex.histogram_counts(np.full(3, np.nan), {"all": np.ones(3, bool)})
+    assert counts["all"].sum() == 0
+
+
+def test_group_table_counts_shares_and_main_pattern():
+    groups = np.array([2, 0, 2, 2, 0, 5])
+    corrupted = np.array([True, False, False, True, False, False])
+    pat = np.array(["stable", "fluctuating", "stable", "late bloomer", "fluctuating", "stable"])
+    t = ex.group_table(groups, [0, 2, 5, 9], corrupted=corrupted, patterns=pat, name="cluster")
+    assert t["cluster"].tolist() == [0, 2, 5, 9] and t["samples"].tolist() == [2, 3, 1, 0]
+    np.testing.assert_allclose(t["corrupted share"].to_numpy()[:3], [0.0, 2 / 3, 0.0])
+    assert math.isnan(t["corrupted share"].iloc[3])
+    assert t["main pattern"].tolist() == ["fluctuating", "stable", "stable", ""]
+    assert list(ex.group_table(groups, [0], name="g").columns) == ["g", "samples"]
+
+
+def test_trajectory_bounds_follow_the_checkpoints_not_the_epochs(iris_path, tmp_path):
+    """Custom checkpoints, as many as there are epochs but not at epoch ends: the trajectories'
+    columns are the checkpoint intervals, and so are the bounds the pages draw them with."""
+    copy = tmp_path / "custom"
+    shutil.copytree(iris_path, copy)
+    run = dit.load_run(copy)
+    T, E = run.n_steps, run.n_epochs
+    cps = sorted({max(1, int(round(T * (k + 0.5) / E))) for k in range(E - 1)} | {T})
+    run = dit.compute(copy, checkpoints=cps, overwrite=True, progress=False)
+    assert len(run.checkpoints) == run.n_epochs and run.checkpoints.tolist() != run.epoch_end_steps.tolist()
+    bounds = ex.trajectory_bounds(run)
+    assert bounds.tolist() == [0, *run.checkpoints.tolist()]
+    W = run.trajectories("window")
+    for k in range(len(run.checkpoints)):  # column k = removal during [bounds[k], bounds[k+1])
+        np.testing.assert_allclose(W[:, k], run.window_influence(int(bounds[k]), int(bounds[k + 1])), rtol=1e-12, atol=1e-15)
+
+
 # ----------------------------------------------------------------------------- flags
 def test_available_and_default_signals(digits):
     sigs = ex.available_signals(digits)

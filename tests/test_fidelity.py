@@ -123,8 +123,9 @@ def test_digits_mlp_optimizers(tmp_path, name):
 
 
 # ----------------------------------------------------------------------------- replay cost
-def test_one_replay_takes_at_most_one_training_run(tmp_path):
-    """A single un-vectorised replay steps through at most the run's own number of steps.
+def test_one_replay_steps_through_at_most_the_runs_own_steps(tmp_path):
+    """A single un-vectorised replay steps through at most the run's own number of steps, and
+    only from the stored step before the sample's first use in the window.
 
     (Its wall time against a training run is measured in ``benchmarks/bench_fidelity.py``;
     timing assertions do not belong in unit tests.)

@@ -1,7 +1,6 @@
 """Trajectories page: UMAP of per-sample influence trajectories, clusters, the paper's four patterns."""
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from dashboard import charts, components, state
@@ -61,7 +60,7 @@ def render() -> None:
     max_points = int(ss["traj_max"]) if n > 5000 else n
 
     T = state.trajectories(stamp, kind, run)
-    bounds = ex.period_bounds(run, "window") if T.shape[1] == run.n_epochs and kind == "window" else np.concatenate([[0], run.checkpoints])
+    bounds = ex.trajectory_bounds(run)
     if T.shape[1] < 2:
         st.warning("This run has a single checkpoint, so trajectories have one point; compute influence with "
                    "checkpoints='epochs' to see how influence evolves.")
@@ -89,20 +88,14 @@ def render() -> None:
     left, right = st.columns(2, gap="large")
     with left:
         st.subheader("Patterns")
-        pc = pd.Series(pat).value_counts().reindex(list(ex.PATTERNS), fill_value=0)
-        ptab = pd.DataFrame({"pattern": pc.index, "samples": pc.to_numpy()})
-        if corrupted is not None:
-            ptab["corrupted share"] = [float(corrupted[pat == p].mean()) if (pat == p).any() else float("nan") for p in pc.index]
+        ptab = ex.group_table(pat, list(ex.PATTERNS), corrupted=corrupted, name="pattern")
         st.dataframe(ptab, hide_index=True, key="traj_pattern_table", width="stretch")
         st.caption("Stable; early influencers (matter most early); late bloomers (matter most late); fluctuating "
                    "(influence keeps changing sign) — rule in dit_core.patterns.classify_patterns.")
     with right:
         st.subheader("Clusters")
-        cc = pd.Series(cl).value_counts().sort_index()
-        ctab = pd.DataFrame({"cluster": cc.index, "samples": cc.to_numpy()})
-        if corrupted is not None:
-            ctab["corrupted share"] = [float(corrupted[cl == g].mean()) for g in cc.index]
-        ctab["main pattern"] = [pd.Series(pat[cl == g]).value_counts().index[0] for g in cc.index]
+        cluster_ids = sorted(np.unique(cl).tolist())
+        ctab = ex.group_table(cl, cluster_ids, corrupted=corrupted, patterns=pat, name="cluster")
         st.dataframe(ctab, hide_index=True, key="traj_cluster_table", width="stretch")
     groups = cl.astype(str) if color_by != "pattern" else pat
     st.plotly_chart(charts.group_means(ex.group_profiles(T, groups), bounds,
@@ -110,7 +103,7 @@ def render() -> None:
                     key="traj_means", config={"displaylogo": False})
 
     st.subheader("Inspect")
-    options = (["selected points"] if selected.size else []) + [f"cluster {g}" for g in cc.index] + [f"pattern: {p}" for p in ex.PATTERNS]
+    options = (["selected points"] if selected.size else []) + [f"cluster {g}" for g in cluster_ids] + [f"pattern: {p}" for p in ex.PATTERNS]
     signature = (len(selected), int(selected.sum()), int(selected[:1].sum()))
     if selected.size and ss.get("traj_last_selection") != signature:  # a new selection on the map: inspect it
         ss["traj_inspect"] = "selected points"
