@@ -96,6 +96,13 @@ def _sidebar_window(run) -> None:
         "Accrued (the paper's definition): influence built up between the checkpoints around the window.",
     )
     sb.caption(ex.MODES[state.mode()].capitalize() + ".")
+    if len(run.queries) > 1:
+        if ss.get("query") not in run.queries:
+            ss["query"] = state.query(run)
+        sb.selectbox("Query", run.queries, key="query",
+                     help="The quantity whose change the influence measures; computed with `dit compute --query`.")
+    else:
+        sb.caption(f"Query: {state.query(run)}")
     sb.caption(ex.SIGN_CONVENTION)
 
 
@@ -124,7 +131,8 @@ def main() -> None:
     ]
     page = st.navigation(pages)
     if st.session_state.get("run_error"):
-        st.error(st.session_state["run_error"], icon=":material/error:")
+        still = f" Still showing {Path(st.session_state['run_path']).name}." if run is not None and st.session_state.get("run_path") else ""
+        st.error(st.session_state["run_error"] + still, icon=":material/error:")
     if run is None:
         _welcome()
         return

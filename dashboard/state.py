@@ -9,6 +9,8 @@ Keys in ``st.session_state`` (all initialised behind guards in :func:`init_state
 - ``chart_version`` (int): bumped after a brush is consumed (or the slider moves) so the
   timeline chart is drawn fresh, showing the window as a shaded band instead of a stale box.
 - ``influence_mode`` ("window" | "accrued"): which influence the pages show.
+- ``query`` (str): the influence query shown, when the run has more than one (default
+  ``val_loss``).
 
 Heavy results are cached by the run's :func:`dit_core.explore.run_stamp` (path plus the
 modification times of its manifest, influence and signals), so a run rewritten on disk is
@@ -35,7 +37,7 @@ log = logging.getLogger("dit.dashboard")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RUNS_DIR = REPO_ROOT / "sample_runs"
 PREFERRED_SAMPLE = "digits_mlp_corrupt20"
-QUERY = "val_loss"
+DEFAULT_QUERY = "val_loss"
 
 
 # ----------------------------------------------------------------------------- command line
@@ -61,7 +63,7 @@ def sample_runs() -> dict[str, Path]:
 # ----------------------------------------------------------------------------- cached loading
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _open_run(stamp: tuple) -> dit.Run:
-    return ex.open_run(stamp[0], query=QUERY)
+    return ex.open_run(stamp[0], query=None)
 
 
 def get_run(path: str) -> dit.Run:
@@ -71,12 +73,12 @@ def get_run(path: str) -> dit.Run:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def influence_summary(stamp: tuple, mode: str, _run: dit.Run) -> pd.DataFrame:
-    return ex.influence_summary(_run, mode, QUERY)
+    return ex.influence_summary(_run, mode, stamp[-1])
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def trajectories(stamp: tuple, kind: str, _run: dit.Run) -> np.ndarray:
-    return np.asarray(_run.trajectories(kind, query=QUERY), dtype=np.float64)
+    return np.asarray(_run.trajectories(kind, query=stamp[-1]), dtype=np.float64)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -100,12 +102,12 @@ def patterns(stamp: tuple, kind: str, _run: dit.Run) -> np.ndarray:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def signal_table(stamp: tuple, _run: dit.Run) -> pd.DataFrame:
-    return ex.signal_table(_run, query=QUERY)
+    return ex.signal_table(_run, query=stamp[-1])
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def early_late(stamp: tuple, split: int, mode: str, _run: dit.Run):
-    early, late, used = ex.early_late(_run, split, mode=mode, query=QUERY)
+    early, late, used = ex.early_late(_run, split, mode=mode, query=stamp[-1])
     return np.asarray(early), np.asarray(late), used, ex.correlations(early, late)
 
 
@@ -185,9 +187,22 @@ def ensure_run() -> dit.Run | None:
         return None
 
 
+def query(run: dit.Run | None = None) -> str:
+    """The influence query the pages show: the one chosen in the sidebar (``query``) when the
+    run has it, else ``val_loss`` when computed, else the run's first computed query."""
+    run = run if run is not None else get_run(st.session_state["run_path"])
+    qs = run.queries
+    chosen = st.session_state.get("query")
+    if chosen in qs:
+        return chosen
+    return DEFAULT_QUERY if DEFAULT_QUERY in qs else qs[0]
+
+
 def stamp() -> tuple:
-    """Cache key of the current run."""
-    return ex.run_stamp(st.session_state["run_path"])
+    """Cache key of what the pages show: the current run (path and modification times) and the query.
+
+    Cached functions taking it read the query from its last element."""
+    return (*ex.run_stamp(st.session_state["run_path"]), query())
 
 
 def mode() -> str:

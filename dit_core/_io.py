@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -31,7 +32,14 @@ _FILE_MODE = 0o666 & ~_umask()
 
 def _tmp_path(path: Path) -> Path:
     """A fresh temporary file beside ``path`` (same file system, so rename is atomic)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "cannot write a file there: it is a directory", str(path))
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"cannot write a file there: the folder {path.parent} does not exist", str(path)) from None
+    except NotADirectoryError:
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write a file there: {path.parent} is not a folder", str(path)) from None
     os.close(fd)
     os.chmod(name, _FILE_MODE)  # mkstemp creates 0600; published files get the usual mode
     return Path(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,12 +42,14 @@ def _add_train(sub) -> None:
     )
     p.add_argument("data", help="built-in data set (digits, breast_cancer, wine, iris) or a path to .npz (X, y) / .csv")
     p.add_argument("--model", default="mlp", help="logreg, mlp, cnn, or a factory 'package.module:function' (default: mlp)")
-    p.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for a model factory")
+    p.add_argument("--model-kwargs", default="{}",
+                   help="JSON keyword arguments for a model factory, or options of a built-in model, e.g. "
+                   "'{\"hidden\": [64, 32], \"activation\": \"relu\"}' (they override --hidden/--activation)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory (only once the new run is complete)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
+    p.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
+    p.add_argument("--lr", type=float, default=0.1, help="base learning rate (default 0.1)")
     p.add_argument("--schedule", default="constant", choices=("constant", "step", "cosine"))
     p.add_argument("--step-every", type=int, default=10, help="epochs between decays (step schedule)")
     p.add_argument("--step-gamma", type=float, default=0.1)
@@ -109,17 +112,22 @@ def cmd_train(args) -> int:
         corruption_seed=args.corruption_seed,
         label_column=args.label_column,
     )
+    try:
+        kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--model-kwargs is not valid JSON: {exc}") from exc
+    if not isinstance(kwargs, dict):
+        raise ConfigError("--model-kwargs must be a JSON object")
     if args.model in BUILTIN_MODELS:
-        desc = describe_model(args.model, ds.input_shape, ds.n_classes, hidden=args.hidden, activation=args.activation, seed=args.seed)
+        # --model-kwargs may set any option of the built-in model (hidden, activation, channels) and
+        # takes precedence over --hidden/--activation; an option no built-in model knows is refused
+        options = {"hidden": args.hidden, "activation": args.activation, "seed": args.seed, **kwargs}
+        if "hidden" in kwargs and isinstance(kwargs["hidden"], list):
+            options["hidden"] = tuple(kwargs["hidden"])
+        desc = describe_model(args.model, ds.input_shape, ds.n_classes, **options)
         model = build_model(**desc)
         model_description = {"kind": "builtin", **desc}
     elif ":" in args.model:
-        try:
-            kwargs = json.loads(args.model_kwargs)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--model-kwargs is not valid JSON: {exc}") from exc
-        if not isinstance(kwargs, dict):
-            raise ConfigError("--model-kwargs must be a JSON object")
         torch.manual_seed(args.seed)
         model = resolve_factory(args.model)(**kwargs)
         model_description = {"kind": "factory", "factory": args.model, "kwargs": kwargs}
@@ -318,7 +326,7 @@ def _add_export(sub) -> None:
     p.add_argument("--query", default="val_loss", help="influence query of the DIT signals (default val_loss)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--top-k", type=int, default=None, help="flag the K highest scores")
-    group.add_argument("--threshold", type=float, default=None, help="flag scores above this value")
+    group.add_argument("--threshold", type=float, default=None, help="flag scores at or above this value")
     p.add_argument("--all", action="store_true", help="export every sample, with a `flagged` column")
     p.set_defaults(func=cmd_export)
 
@@ -451,6 +459,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DITError as exc:
         print(f"dit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `dit validate RUN --json | head`: the reader left, nothing to report
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except OSError as exc:  # a path that cannot be written or read: say which, in one line
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"dit {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dit {args.command}: interrupted", file=sys.stderr)

@@ -15,7 +15,7 @@ from torch.func import grad
 from ._functional import FunctionalModel, LossFn, torch_dtype
 from ._io import load_npy
 from ._modelspec import build_from_description, check_param_layout
-from .errors import ConfigError, RunIncompleteError
+from .errors import ConfigError, ModelError, RunIncompleteError
 from .optim import OptimizerSpec, step as optimizer_step
 from .run import INITIAL_PARAMS, Run
 
@@ -38,6 +38,7 @@ class Engine:
     ):
         self.run = run
         m = run.manifest
+        self._user_supplied = model is not None or loss_fn is not None
         if model is None:
             model = build_from_description(m["model"])
         if loss_fn is None and m["loss"].get("kind") == "user":
@@ -79,7 +80,37 @@ class Engine:
                     f"{run.path / INITIAL_PARAMS} differs from the trajectory's first row (trajectory/params.npy): "
                     "the run is damaged"
                 )
+            self._check_reproduces_recorded_losses()
         self.row_of = {int(s): i for i, s in enumerate(self.rows)}
+
+    def _loss_tolerance(self, recorded: np.ndarray) -> float:
+        scale = float(np.abs(recorded).max()) if len(recorded) else 1.0
+        loose = self.dtype == torch.float32 or self.run.config.dtype == "float32"
+        return (1e-4 if loose else 1e-9) * max(scale, 1e-12)
+
+    def _check_reproduces_recorded_losses(self) -> None:
+        """The model and loss (passed, or rebuilt from the manifest) must give the recorded
+        minibatch losses at a few stored steps; otherwise influence computed with them would
+        silently describe another model. (A stripped run's regeneration checks every step.)"""
+        recorded = self.run.steps["batch_loss"].to_numpy(dtype=np.float64)
+        T = self.run.n_steps
+        rows = [int(r) for r in self.rows if int(r) < T]
+        if not rows:
+            return
+        picks = sorted({rows[0], rows[len(rows) // 2], rows[-1]})
+        tol = self._loss_tolerance(recorded)
+        with torch.no_grad():
+            for t in picks:
+                theta = torch.as_tensor(np.array(self.params[self.rows.tolist().index(t)]), dtype=self.dtype, device=self.device)
+                _, Xb, yb = self.batch(t)
+                loss = float(self.fm.losses(theta, Xb, yb).sum() / Xb.shape[0])
+                if not abs(loss - recorded[t]) <= tol:
+                    raise ModelError(
+                        f"the model and loss {'passed' if self._user_supplied else 'rebuilt from the manifest'} do not "
+                        f"reproduce the recorded run {self.run.path}: the minibatch loss at step {t} is {loss!r}, the "
+                        f"recording says {recorded[t]!r}. Pass the same model architecture (model=...) and per-sample "
+                        "loss (loss_fn=...) that recorded it"
+                    )
 
     def _regenerate_trajectory(self):
         """Checkpoint rows of a stripped run, rebuilt by replaying the recorded steps from θ₀.

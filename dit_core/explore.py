@@ -88,15 +88,15 @@ def run_stamp(path: str | os.PathLike) -> tuple:
     return (str(p), mtime(p / MANIFEST), mtime(p / INFLUENCE_DIR / INFLUENCE_MANIFEST), mtime(p / "signals.parquet"))
 
 
-def open_run(path: str | os.PathLike, *, query: str = "val_loss") -> Run:
+def open_run(path: str | os.PathLike, *, query: str | None = "val_loss") -> Run:
     """Open and check a run for exploring: complete, compatible, influence computed.
 
     Parameters
     ----------
     path : path-like
         A run directory (``~`` is expanded).
-    query : str, default "val_loss"
-        The influence query that must have been computed.
+    query : str or None, default "val_loss"
+        The influence query that must have been computed (None: any one).
 
     Returns
     -------
@@ -123,13 +123,15 @@ def open_run(path: str | os.PathLike, *, query: str = "val_loss") -> Run:
         raise InfluenceNotComputedError(
             f"{p} has no influence computed yet; run `dit compute {p}` (or dit_core.compute) first, then open it again"
         )
-    if query not in run.queries:
+    if query is None:
+        pass  # any computed query will do
+    elif query not in run.queries:
         raise InfluenceNotComputedError(
             f"{p} has no influence for query {query!r} (computed: {', '.join(run.queries) or 'none'}); "
             f"run `dit compute {p} --query {query}`"
         )
     try:
-        C = run.contributions(query)
+        C = run.contributions(query if query is not None else run.queries[0])
         n, E = run.n_train, run.n_epochs
         checks = {
             "sample_step.npy": (run.sample_step.shape, (n, E)),
@@ -776,11 +778,14 @@ def signal_window(run: Run, signal: str, window: tuple[int, int], *, mode: str =
 def signal_table(run: Run, *, query: str = "val_loss") -> pd.DataFrame:
     """All stored/derivable signals of the run, one row per sample (``sample_id`` + signal columns).
 
-    Signal columns already in ``run.samples`` (from ``signals.parquet``) are used as they are;
+    Signal columns already in ``run.samples`` (from ``signals.parquet``) are used as they are,
+    except influence-derived ones stored for another query or from influence since replaced;
     the rest of :mod:`dit_core.signals` is computed (a few array passes).
     """
     base = run.samples
     have = [c for c in base.columns if c not in _BASE_SAMPLE_COLUMNS and pd.api.types.is_numeric_dtype(base[c])]
+    if not sig.stored_signals_match(run, query):  # stored for another query or older influence: recompute those
+        have = [c for c in have if c not in sig.INFLUENCE_SIGNALS]
     df = base[["sample_id", *have]].copy()
     if any(n not in df.columns for n in sig.SIGNALS):
         computed = sig.compute_signals(run, query=query)
@@ -854,8 +859,9 @@ def select_flags(
     scores : ndarray (n,)
         Suspicion scores, higher = more suspicious; NaN is never flagged automatically.
     method : {"top_k", "threshold"}, default "top_k"
-        Flag the ``k`` highest scores (ties broken by lower sample id), or every score
-        strictly above ``threshold``.
+        Flag the ``k`` highest scores (ties broken by lower sample id), or every score at or
+        above ``threshold`` (so a threshold taken from the scores' own quantiles flags the
+        samples tied at it too).
     include, exclude : sequences of int
         Manual decisions: always flag / never flag these ids (``exclude`` wins when an id is in both).
     """
@@ -865,7 +871,10 @@ def select_flags(
     if method == "top_k":
         flags[top_k(s, int(k), largest=True)] = True
     elif method == "threshold":
-        flags = np.isfinite(s) & (s > float(threshold))
+        threshold = float(threshold)
+        if not math.isfinite(threshold):
+            raise ConfigError(f"threshold={threshold!r} must be a finite number")
+        flags = np.isfinite(s) & (s >= threshold)
     else:
         raise ConfigError(f"method={method!r}: use 'top_k' or 'threshold'")
     for name, ids in (("include", include), ("exclude", exclude)):

@@ -207,9 +207,15 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
         raise RunExistsError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunExistsError(f"run directory {out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"cannot create the run directory {out}: {blocker} is a file, not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run directory {out}: {exc.strerror or exc}") from exc
     return work
 
 

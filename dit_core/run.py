@@ -461,16 +461,16 @@ class Run:
         """
         return np.transpose(self._contrib_raw(query), (1, 2, 0))
 
-    def checkpoint_index(self, at: int | None) -> int:
+    def checkpoint_index(self, at: int | None, name: str = "at") -> int:
         cps = self.checkpoints
         if len(cps) == 0:
             raise InfluenceNotComputedError(f"no influence computed for {self.path}; run `dit compute {self.path}` first")
         if at is None:
             return len(cps) - 1
-        at = as_step(at, "at")
+        at = as_step(at, name)
         hits = np.flatnonzero(cps == at)
         if len(hits) == 0:
-            raise ConfigError(f"at={at} is not a checkpoint; checkpoints are {_short(cps)}")
+            raise ConfigError(f"{name}={at} is not a checkpoint; checkpoints are {_short(cps)}")
         return int(hits[0])
 
     def _check_window(self, start: int, stop: int) -> tuple[int, int]:
@@ -534,10 +534,10 @@ class Run:
         if start >= stop:
             raise ConfigError(f"accrued_influence needs start < stop, got start={start}, stop={stop}")
         cum = self.cumulative_influence(query)
-        hi = cum[:, self.checkpoint_index(stop)]
+        hi = cum[:, self.checkpoint_index(stop, "accrued_influence stop")]
         if start == 0:
             return np.array(hi)
-        return hi - cum[:, self.checkpoint_index(start)]
+        return hi - cum[:, self.checkpoint_index(start, "accrued_influence start")]
 
     def trajectories(self, kind: str = "window", query: str = "val_loss") -> np.ndarray:
         """Per-sample influence trajectories over the checkpoints, (n_train, K).

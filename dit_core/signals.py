@@ -33,6 +33,7 @@ from scipy.stats import rankdata
 
 from ._io import load_parquet, save_parquet
 from .errors import ConfigError, DataError, InfluenceNotComputedError
+from .queries import parse_query
 from .run import Run
 
 SIGNALS_FILE = "signals.parquet"
@@ -220,9 +221,34 @@ def save_signals(run: Run, *, query: str = "val_loss") -> Path:
         keep = [c for c in old.columns if c not in df.columns]
         if keep and "sample_id" in old.columns:
             df = df.merge(old[["sample_id", *keep]], on="sample_id", how="left")
+    # what the influence-derived columns were computed from (stored in the Parquet metadata)
+    df.attrs = {"query": parse_query(query).name, "influence_id": influence_id(run)}
     save_parquet(path, df)
     run.__dict__.pop("samples", None)  # drop the cached table so run.samples re-reads it
     return path
+
+
+def influence_id(run: Run) -> str | None:
+    """Identifies the influence a run holds now (changes whenever :func:`dit_core.compute` writes)."""
+    if not run.has_influence:
+        return None
+    im = run.influence_manifest
+    return str(im.get("influence_id") or im.get("created"))
+
+
+def stored_signals_match(run: Run, query: str) -> bool:
+    """True unless ``signals.parquet`` records that its influence-derived columns were computed
+    for another query or from other influence than the run holds now (files written before
+    this was recorded are trusted)."""
+    path = run.path / SIGNALS_FILE
+    if not path.exists():
+        return True
+    attrs = load_parquet(path).attrs or {}
+    if "query" in attrs and attrs["query"] != parse_query(query).name:
+        return False
+    if "influence_id" in attrs and attrs["influence_id"] != influence_id(run):
+        return False
+    return True
 
 
 def drop_influence_signals(run_dir: str | Path) -> list[str]:

@@ -345,6 +345,7 @@ def compute(
             "complete": True,
             "method": method,
             "method_requested": method_requested,
+            "influence_id": uuid.uuid4().hex,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "checkpoints": cps.tolist(),
             "queries": [{"query": q.name, "file": f"{q.file_stem}.npy"} for q in qs],

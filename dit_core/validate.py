@@ -415,6 +415,8 @@ def validate(
     progress: bool = True,
     query: str | None = None,
     chunk: int = 64,
+    model=None,
+    loss_fn=None,
 ) -> ValidationReport:
     """Compare the influence estimates of a run with exact counterfactual replay.
 
@@ -450,6 +452,10 @@ def validate(
         A computed query (default: the run's first, normally ``"val_loss"``).
     chunk : int, default 64
         Replays vectorised together.
+    model, loss_fn : optional
+        Needed only for a run recorded with a model or loss DIT cannot rebuild from its
+        manifest (your own ``nn.Module`` / loss function): pass the same ones as to
+        :func:`dit_core.record` (as for :func:`dit_core.compute` and :func:`dit_core.replay.replay`).
 
     Returns
     -------
@@ -501,7 +507,10 @@ def validate(
     replay_seconds = 0.0
     for key in sorted(replay_groups, key=lambda k: (k != (0, run.n_steps), k)):
         ids = np.array(sorted(replay_groups[key]), dtype=np.int64)
-        r = replay(run, ids, key[0], key[1], queries=[query], checkpoints=run.checkpoints.tolist(), chunk=chunk, progress=progress)
+        r = replay(
+            run, ids, key[0], key[1], queries=[query], checkpoints=run.checkpoints.tolist(), chunk=chunk,
+            progress=progress, model=model, loss_fn=loss_fn,
+        )
         results[key] = r
         replay_seconds += r.seconds
     deviation = max(r.trajectory_deviation for r in results.values())

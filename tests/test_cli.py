@@ -216,18 +216,18 @@ def test_export_reads_signals_parquet_when_present(iris_run: Path, tmp_path: Pat
     assert df["window_start"].isna().all() and (df["signal"] == "forgetting").all()
 
 
-def test_export_is_atomic(iris_run: Path, tmp_path: Path, monkeypatch) -> None:
+def test_export_is_atomic(iris_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     import dit_core._io as io_mod
 
     out = tmp_path / "flags.csv"
     out.write_text("previous export\n")
 
     def broken_replace(src, dst):
-        raise OSError("disk full")
+        raise OSError(28, "disk full")
 
     monkeypatch.setattr(io_mod.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        main(["export", str(iris_run), "--out", str(out), "--top-k", "3"])
+    assert main(["export", str(iris_run), "--out", str(out), "--top-k", "3"]) == 2  # one line, no traceback
+    assert capsys.readouterr().err.strip() == "dit export: error: disk full"
     assert out.read_text() == "previous export\n"  # the old file is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["flags.csv"]  # and no temporary file is left
     monkeypatch.undo()
@@ -286,14 +286,43 @@ def test_strip_keeps_influence_and_initial_parameters(tmp_path: Path, iris_run: 
         (["export", "{run}", "--out", "{tmp}/f.csv", "--signal", "bogus"], "--signal 'bogus' is not available for this run; use one of dit_window, dit_full"),
         (["export", "{run}", "--out", "{tmp}/f.csv", "--signal", "aum", "--window", "full"], "cannot be combined with --signal aum"),
         (["export", "{run}", "--out", "{tmp}/f.csv", "--top-k", "0"], "--top-k must be >= 1"),
+        (["export", "{run}", "--out", "{tmp}/no_such_dir/f.csv"], "the folder {tmp}/no_such_dir does not exist"),
+        (["export", "{run}", "--out", "{tmp}/dir.csv"], "it is a directory"),
+        (["export", "{run}", "--out", "{tmp}/f.csv", "--threshold", "nan"], "threshold=nan must be a finite number"),
+        (["train", "iris", "--out", "{run}/manifest.json/x"], "manifest.json is a file, not a folder"),
+        (["train", "iris", "--model-kwargs", '{"bogus": 1}', "--out", "{tmp}/x"], "unknown model option(s) bogus"),
+        (["train", "iris", "--model-kwargs", "{bad", "--out", "{tmp}/x"], "--model-kwargs is not valid JSON"),
+        (["compute", "{run}", "--query", "test_logit=0:7", "--overwrite", "--quiet"], "class 7 does not exist; the model has 3 outputs"),
     ],
 )
 def test_errors_are_one_clear_line(argv, message, tmp_path: Path, iris_run: Path, capsys) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(iris_run)) for a in argv]
+    (tmp_path / "dir.csv").mkdir()  # a folder where a file is asked for
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert message in err, err
+    assert message.replace("{tmp}", str(tmp_path)) in err, err
+    assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+
+
+def test_builtin_model_options_from_model_kwargs(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert main(["train", "iris", "--model", "mlp", "--model-kwargs", '{"hidden": [5, 4], "activation": "relu"}',
+                 "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    m = dit.load_run(out).manifest
+    assert m["model"]["hidden"] == [5, 4] and m["model"]["activation"] == "relu"
+    assert m["n_params"] == (4 * 5 + 5) + (5 * 4 + 4) + (4 * 3 + 3)
+
+
+def test_output_cut_off_by_the_reader_is_not_an_error(iris_run: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # `dit info RUN --json | head -1`: the reader stops early; no BrokenPipeError traceback
+    proc = subprocess.run(
+        f"{sys.executable} -m dit_core.cli info {iris_run} --json | head -1", shell=True, capture_output=True, text=True
+    )
+    assert proc.stdout.strip() == "{" and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
 
 
 def test_train_refuses_to_overwrite(iris_run: Path, capsys) -> None:

@@ -216,6 +216,6 @@ def test_select_points_on_the_trajectory_map(server, page):
         page.mouse.move(bb["x"] + bb["width"] * fx, bb["y"] + bb["height"] * fy, steps=8)
     page.mouse.up()
     n_train = ex.open_run(SAMPLE).n_train
-    page.get_by_text(f"{n_train:,} samples; showing the most influential first.").wait_for()
+    page.get_by_text(f"{n_train:,} samples; the most influential first", exact=False).wait_for()
     page.locator(".stPlotlyChart").get_by_text("Trajectories: selected points").wait_for()  # the inspector follows the selection
     _wait_for(lambda: len(_captions(page)) == 20, "20 thumbnails of the selected samples")

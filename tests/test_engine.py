@@ -742,6 +742,22 @@ def test_user_model_and_user_loss(tmp_path):
     with pytest.raises(ModelError, match="do not match the recorded run"):
         dit.compute(path, model=torch.nn.Linear(5, 3), loss_fn=smoothed_ce, overwrite=True, progress=False)
 
+    # same parameter shapes, another function: refused instead of silently describing another model
+    class OtherNet(TinyNet):
+        def forward(self, x):
+            return self.out(torch.relu(x @ self.inp.T)) * self.scale
+
+    with pytest.raises(ModelError, match=r"do not reproduce the recorded run .*minibatch loss at step 0"):
+        dit.compute(path, model=OtherNet(), loss_fn=smoothed_ce, overwrite=True, progress=False)
+    plain_ce = lambda out, y: F.cross_entropy(out, y, reduction="none")  # noqa: E731
+    with pytest.raises(ModelError, match="do not reproduce the recorded run"):
+        dit.compute(path, model=TinyNet(), loss_fn=plain_ce, overwrite=True, progress=False)
+    # validation replays with the user's model and loss too
+    from dit_core.validate import validate
+
+    report = validate(path, n_samples=4, windows=("full",), model=TinyNet(), loss_fn=smoothed_ce, progress=False, out_dir=tmp_path / "val")
+    assert report.reproduces_recording and report["full"].pearson > 0.9
+
 
 @pytest.mark.parametrize(
     "schedule,extra",
@@ -999,6 +1015,8 @@ def test_bad_window_and_query_arguments(small_run):
         run.window_influence(0, 3, at="6")
     with pytest.raises(ConfigError, match=re.escape("start=1.5")):
         run.accrued_influence(1.5, 6)
+    with pytest.raises(ConfigError, match=re.escape("accrued_influence start=2 is not a checkpoint; checkpoints are [3, 6]")):
+        run.accrued_influence(2, 6)
     np.testing.assert_array_equal(run.window_influence(np.int64(0), 3.0, at=6.0), run.window_influence(0, 3, at=6))
     with pytest.raises(ConfigError, match=re.escape("checkpoint=3.7")):
         dit.compute(run.path, checkpoints=[3.7], overwrite=True, progress=False)
@@ -1064,6 +1082,23 @@ def test_recomputing_influence_drops_the_stale_stored_signals(tmp_path):
     table = explore.signal_table(other, query="class_loss=1")
     np.testing.assert_allclose(table["dit_full"], -other.window_influence(0, other.n_steps, query="class_loss=1"), rtol=1e-12)
     assert not np.allclose(table["dit_full"], stored["dit_full"])
+
+
+def test_signals_stored_for_another_query_are_not_used_for_this_one(tmp_path):
+    from dit_core import explore
+    from dit_core.signals import save_signals, stored_signals_match
+
+    path, _ = record_tiny(tmp_path / "run", epochs=3)
+    run = dit.compute(path, queries=("val_loss", "class_loss=1"), progress=False)
+    save_signals(run, query="val_loss")
+    run = dit.load_run(path)
+    assert stored_signals_match(run, "val_loss") and not stored_signals_match(run, "class_loss=1")
+    T = run.n_steps
+    for q in ("val_loss", "class_loss=1"):
+        table = explore.signal_table(run, query=q)
+        np.testing.assert_allclose(table["dit_full"], -run.window_influence(0, T, query=q), rtol=1e-12)
+    scores = explore.signal_scores(run, "dit_full", query="class_loss=1")
+    np.testing.assert_allclose(scores, -run.window_influence(0, T, query="class_loss=1"), rtol=1e-12)
 
 
 def test_existing_output_directory(tmp_path):

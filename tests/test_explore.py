@@ -428,6 +428,12 @@ def test_select_flags():
     s = np.array([0.1, 0.9, np.nan, 0.5, 0.7, 0.2])
     assert np.flatnonzero(ex.select_flags(s, k=2)).tolist() == [1, 4]
     assert np.flatnonzero(ex.select_flags(s, method="threshold", threshold=0.4)).tolist() == [1, 3, 4]
+    # at or above: a threshold equal to a score (e.g. a quantile of tied scores) flags it
+    assert np.flatnonzero(ex.select_flags(s, method="threshold", threshold=0.5)).tolist() == [1, 3, 4]
+    ties = np.array([30.0, 30.0, 2.0, 30.0])
+    assert np.flatnonzero(ex.select_flags(ties, method="threshold", threshold=float(np.quantile(ties, 0.9)))).tolist() == [0, 1, 3]
+    with pytest.raises(dit.ConfigError, match="threshold=nan must be a finite number"):
+        ex.select_flags(s, method="threshold", threshold=float("nan"))
     assert np.flatnonzero(ex.select_flags(s, k=2, include=[0, 2], exclude=[1, 2])).tolist() == [0, 4]
     with pytest.raises(dit.ConfigError, match="outside 0..5"):
         ex.select_flags(s, include=[6])

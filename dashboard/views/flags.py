@@ -41,7 +41,7 @@ def render() -> None:
     with st.spinner("Computing signals…"):
         table = state.signal_table(state.stamp(), run) if signal != "dit_window" else None
     user_window = state.window(run)
-    scores = ex.signal_scores(run, signal, window=user_window, mode=mode, query=state.QUERY, table=table)
+    scores = ex.signal_scores(run, signal, window=user_window, mode=mode, query=state.query(run), table=table)
     sig_window = ex.signal_window(run, signal, user_window, mode=mode)
     st.caption("Window used: " + (state.describe_window(run, *sig_window) if sig_window else "none (not a windowed signal)"))
     finite = scores[np.isfinite(scores)]
@@ -59,7 +59,7 @@ def render() -> None:
     method = c[0].radio("Flag by", ["top_k", "threshold"], key="flag_method", horizontal=True,
                         format_func={"top_k": "Top k", "threshold": "Threshold"}.get)
     c[1].number_input("k (most suspicious)", min_value=1, max_value=n, step=1, key="flag_k", disabled=method != "top_k")
-    c[2].number_input("Threshold (flag scores above)", key="flag_threshold", format="%.6g", disabled=method != "threshold")
+    c[2].number_input("Threshold (flag scores at or above)", key="flag_threshold", format="%.6g", disabled=method != "threshold")
     c = st.columns(2)
     c[0].text_input("Always flag (sample ids)", key="flag_include", placeholder="e.g. 12, 40-45")
     c[1].text_input("Never flag (sample ids)", key="flag_exclude", placeholder="e.g. 7")

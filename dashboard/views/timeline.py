@@ -26,7 +26,7 @@ def render() -> None:
     )
     components.sign_convention()
 
-    ranking = ex.rank_window(run, *win, mode=mode, k=3, query=state.QUERY)
+    ranking = ex.rank_window(run, *win, mode=mode, k=3, query=state.query(run))
     s = ranking.scores
     st.subheader(f"Window: {state.describe_window(run, ranking.start, ranking.stop)}")
     c = st.columns(4)

@@ -92,6 +92,10 @@ def render() -> None:
         st.dataframe(ptab, hide_index=True, key="traj_pattern_table", width="stretch")
         st.caption("Stable; early influencers (matter most early); late bloomers (matter most late); fluctuating "
                    "(influence keeps changing sign) — rule in dit_core.patterns.classify_patterns.")
+        if kind == "accrued":
+            st.caption("Accrued trajectories are differences of cumulative influence between checkpoints and change "
+                       "sign often, so many samples count as fluctuating; the Window trajectory is the clearer basis "
+                       "for the patterns.")
     with right:
         st.subheader("Clusters")
         cluster_ids = sorted(np.unique(cl).tolist())
@@ -120,12 +124,12 @@ def render() -> None:
     if members.size == 0:
         st.info("No samples in this group.")
         return
-    order = members[np.argsort(-np.abs(T[members]).sum(axis=1), kind="stable")]
-    st.caption(f"{members.size:,} samples; showing the most influential first.")
+    activity = np.abs(T).sum(axis=1)  # how much the sample's influence moves over the periods, either sign
+    order = members[np.argsort(-activity[members], kind="stable")]
+    st.caption(f"{members.size:,} samples; the most influential first (largest sum of |influence| over the periods).")
     st.plotly_chart(charts.trajectory_lines(T, order, bounds, title=f"Trajectories: {choice}"), key="traj_lines",
                     config={"displaylogo": False})
-    total = T.sum(axis=1)
-    components.gallery(run, order[:20], total, key="traj_members", score_name="total influence")
+    components.gallery(run, order[:20], activity, key="traj_members", score_name="sum of |influence|")
 
 
 render()

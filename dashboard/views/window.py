@@ -22,7 +22,7 @@ def render() -> None:
         ss["wv_k"] = 10
     k = st.slider("Samples per list", min_value=5, max_value=40, step=1, key="wv_k")
     with st.spinner("Ranking the samples of the window…"):
-        ranking = ex.rank_window(run, *win, mode=mode, k=k, query=state.QUERY)
+        ranking = ex.rank_window(run, *win, mode=mode, k=k, query=state.query(run))
     left, right = st.columns(2, gap="large")
     with left:
         st.subheader("Most helpful", help="Largest positive influence: removing them in this window would raise the validation loss.")
@@ -37,7 +37,10 @@ def render() -> None:
 
     st.subheader("Early vs late influence")
     T = run.n_steps
-    if "wv_split" not in ss:
+    if T < 3:
+        st.info(f"This run has {T} training step{'s' if T != 1 else ''}: too few to split into an early and a late part.")
+        return
+    if "wv_split" not in ss or not 1 <= int(ss["wv_split"]) <= T - 1:
         ss["wv_split"] = int(T // 2)
     split = st.slider("Split step (early = before it, late = after it)", min_value=1, max_value=max(T - 1, 1), step=1, key="wv_split")
     try:
