@@ -178,6 +178,13 @@ def cmd_train(args) -> int:
         f"final val loss {last['val_loss']:.4f}, val accuracy {last['val_accuracy']:.3f} "
         f"({run.manifest['training_seconds']:.1f} s)"
     )
+    first = run.manifest.get("initial_val_loss")
+    if first is not None and np.isfinite(first) and float(last["val_loss"]) > 2 * max(float(first), 1e-12):
+        print(
+            f"dit train: warning: the validation loss rose from {first:.4g} before training to {last['val_loss']:.4g}; "
+            "training may have diverged (try a lower --lr). Influence of such a run says little.",
+            file=sys.stderr,
+        )
     if args.compute:
         from .sweep import compute
 
@@ -281,10 +288,17 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
-    opt = ", ".join(f"{k}={v}" for k, v in s["optimizer"].items())
+    cfg = run.config
+    opt = s["optimizer"].get("name", cfg.optimizer) + "".join(
+        f", {k.replace('_', ' ')} {v}" for k, v in s["optimizer"].items() if k != "name" and v not in (None, False, 0, 0.0)
+    )
+    opt += f", lr {cfg.lr:g}, batch size {cfg.batch_size}"
+    m_desc = run.manifest["model"]
+    model_txt = str(s["model"]) + (f" hidden {tuple(m_desc['hidden'])}" if "hidden" in m_desc else "") + (
+        f" {m_desc['activation']}" if "activation" in m_desc else "")
     print(f"run {s['path']} (id {s['run_id']})")
-    print(f"  data       {s['dataset']}: {s['n_train']} train / {s['n_val']} val" + (f", {s['n_corrupted']} labels corrupted" if s["n_corrupted"] is not None else ""))
-    print(f"  model      {s['model']} ({s['n_params']} parameters)")
+    print(f"  data       {s['dataset'] or 'your own (dit_core.record)'}: {s['n_train']} train / {s['n_val']} val" + (f", {s['n_corrupted']} labels corrupted" if s["n_corrupted"] is not None else ""))
+    print(f"  model      {model_txt} ({s['n_params']} parameters)")
     print(f"  training   {s['n_epochs']} epochs, {s['n_steps']} steps, {opt}, schedule {s['schedule']['name']}")
     print(f"  result     val loss {s['final_val_loss']:.4f}, val accuracy {s['final_val_accuracy']:.3f}")
     print(f"  trajectory {s['trajectory']}")
@@ -420,6 +434,9 @@ def cmd_strip(args) -> int:
     from .run import load_run, strip_trajectory
 
     run = load_run(args.run)
+    if not run.has_trajectory:
+        print(f"{run.path} has no stored trajectory (already stripped); nothing to remove")
+        return 0
     freed = strip_trajectory(run.path)
     print(f"removed the trajectory of {run.path} ({freed / 2**20:.1f} MiB freed); initial parameters kept")
     return 0

@@ -104,6 +104,12 @@ class Engine:
                 theta = torch.as_tensor(np.array(self.params[self.rows.tolist().index(t)]), dtype=self.dtype, device=self.device)
                 _, Xb, yb = self.batch(t)
                 loss = float(self.fm.losses(theta, Xb, yb).sum() / Xb.shape[0])
+                if not abs(loss - recorded[t]) <= tol and t != picks[0]:
+                    # θ₀ reproduced its loss, so model and loss are right: this stored row is wrong
+                    raise RunIncompleteError(
+                        f"the stored parameters of step {t} ({self.run.path / 'trajectory' / 'params.npy'}) do not "
+                        f"reproduce the recorded minibatch loss ({loss!r} instead of {recorded[t]!r}): the run is damaged"
+                    )
                 if not abs(loss - recorded[t]) <= tol:
                     raise ModelError(
                         f"the model and loss {'passed' if self._user_supplied else 'rebuilt from the manifest'} do not "
