@@ -191,11 +191,14 @@ class AnalyticMLP:
         return out
 
     # ------------------------------------------------------------------ public
+    def prepare(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> "_Step":
+        """The forward and backward pass of one minibatch at θ, shared by :meth:`_Step.mean_grad`
+        and :meth:`_Step.hvp_and_dots` (an optimizer with state needs both at every step)."""
+        return _Step(self, theta, X, y)
+
     def mean_grad(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """∇θ of the minibatch's mean loss, (P,)."""
-        Ws, zs, acts, d1s = self._forward(theta, X)
-        _, deltas, _ = self._backward(Ws, zs, acts, d1s, y, 1.0 / X.shape[0])
-        return self._flat([d.T @ a for d, a in zip(deltas, acts)], [d.sum(0) for d in deltas], ())
+        return self.prepare(theta, X, y).mean_grad()
 
     def grad_norm2(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each sample's squared gradient norm ‖∇θ ℓ_j‖², (B,).
@@ -213,23 +216,71 @@ class AnalyticMLP:
                 out += dd
         return out
 
+    def batched_grad(self, Theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, divisor: float) -> torch.Tensor:
+        """Minibatch gradients of R models at once: row r is ∇θ Σ_j weights[r, j] ℓ_j(Theta[r]) / divisor.
+
+        Theta (R, P), X (B, ...), y (B,), weights (R, B) -> (R, P). This is what exact
+        counterfactual replay takes at every step for its replicas (each with one sample's
+        weight set to 0), as batched matrix products instead of a vmapped autograd graph.
+        """
+        R, B = Theta.shape[0], X.shape[0]
+        a = X.reshape(B, -1)
+        acts, d1s, Ws = [a], [], []
+        for L in self.layers:
+            W = Theta[:, L.w_slice].reshape(R, *L.w_shape)
+            z = torch.matmul(a, W.transpose(1, 2))  # (B, in) or (R, B, in) x (R, in, out) -> (R, B, out)
+            if L.b_slice is not None:
+                z = z + Theta[:, None, L.b_slice]
+            a = _act(L.activation, z)
+            Ws.append(W)
+            acts.append(a)
+            d1s.append(_d1(L.activation, z, a) if L.activation is not None else None)
+        onehot = torch.nn.functional.one_hot(y, acts[-1].shape[2]).to(Theta.dtype)
+        delta = (torch.softmax(acts[-1], dim=2) - onehot) * (weights / divisor)[:, :, None]
+        out = torch.empty(R, self.n_params, dtype=Theta.dtype, device=Theta.device)
+        for l in range(len(self.layers) - 1, -1, -1):
+            L = self.layers[l]
+            out[:, L.w_slice] = torch.matmul(delta.transpose(1, 2), acts[l]).reshape(R, -1)
+            if L.b_slice is not None:
+                out[:, L.b_slice] = delta.sum(1)
+            if l > 0:
+                e = torch.matmul(delta, Ws[l])
+                delta = e if d1s[l - 1] is None else e * d1s[l - 1]
+        return out
+
     def hvp_and_dots(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, U: torch.Tensor):
         """(H U, J U / B) for the rows u of U (K, P): what ``sweep._batched_vjp`` returns.
 
-        H is the Hessian of the minibatch's mean loss; (J U)[k, j] = ⟨∇ℓ_j, u_k⟩.
-        Returns ((K, P), (K, B)); with ``mean_grad``'s gradient as a third value.
+        H is the Hessian of the minibatch's mean loss; (J U)[k, j] = ⟨∇ℓ_j, u_k⟩ / B.
+        Returns ((K, P), (K, B)).
         """
-        B = X.shape[0]
-        K = U.shape[0]
-        Ws, zs, acts, d1s = self._forward(theta, X)
-        p, deltas, es = self._backward(Ws, zs, acts, d1s, y, 1.0 / B)
-        dWs = [U[:, L.w_slice].reshape(K, *L.w_shape) for L in self.layers]
-        dbs = [None if L.b_slice is None else U[:, L.b_slice] for L in self.layers]
+        return self.prepare(theta, X, y).hvp_and_dots(U)
+
+
+class _Step:
+    """One minibatch's forward and backward pass at θ (see :meth:`AnalyticMLP.prepare`)."""
+
+    def __init__(self, mlp: AnalyticMLP, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor):
+        self.mlp = mlp
+        self.B = X.shape[0]
+        self.Ws, self.zs, self.acts, self.d1s = mlp._forward(theta, X)
+        self.p, self.deltas, self.es = mlp._backward(self.Ws, self.zs, self.acts, self.d1s, y, 1.0 / self.B)
+
+    def mean_grad(self) -> torch.Tensor:
+        """∇θ of the minibatch's mean loss, (P,)."""
+        return self.mlp._flat([d.T @ a for d, a in zip(self.deltas, self.acts)], [d.sum(0) for d in self.deltas], ())
+
+    def hvp_and_dots(self, U: torch.Tensor):
+        """(H U (K, P), J U / B (K, B)) for the rows u of U (K, P)."""
+        mlp, B, K = self.mlp, self.B, U.shape[0]
+        Ws, zs, acts, d1s, p, deltas, es = self.Ws, self.zs, self.acts, self.d1s, self.p, self.deltas, self.es
+        dWs = [U[:, L.w_slice].reshape(K, *L.w_shape) for L in mlp.layers]
+        dbs = [None if L.b_slice is None else U[:, L.b_slice] for L in mlp.layers]
 
         # R-forward: R z_l (K, B, out), R a_l
         Rzs, Ras = [], [None]
         Ra = None
-        for l, (L, (W, _), dW, db) in enumerate(zip(self.layers, Ws, dWs, dbs)):
+        for l, (L, (W, _), dW, db) in enumerate(zip(mlp.layers, Ws, dWs, dbs)):
             Rz = torch.matmul(acts[l], dW.transpose(1, 2))  # (B, in) x (K, in, out) -> (K, B, out)
             if Ra is not None:
                 Rz = Rz + torch.matmul(Ra, W.T)
@@ -244,17 +295,17 @@ class AnalyticMLP:
 
         # R-backward
         Rdelta = p * (RzL - (p * RzL).sum(2, keepdim=True)) / B
-        RgW: list[torch.Tensor] = [None] * len(self.layers)  # type: ignore[list-item]
-        Rgb: list[torch.Tensor | None] = [None] * len(self.layers)
-        for l in range(len(self.layers) - 1, -1, -1):
+        RgW: list[torch.Tensor] = [None] * len(mlp.layers)  # type: ignore[list-item]
+        Rgb: list[torch.Tensor | None] = [None] * len(mlp.layers)
+        for l in range(len(mlp.layers) - 1, -1, -1):
             a_prev, Ra_prev = acts[l], Ras[l]
             gw = torch.matmul(Rdelta.transpose(1, 2), a_prev)  # (K, out, in)
             if Ra_prev is not None:
                 gw = gw + torch.matmul(deltas[l].T, Ra_prev)
             RgW[l] = gw
-            Rgb[l] = Rdelta.sum(1) if self.layers[l].b_slice is not None else None
+            Rgb[l] = Rdelta.sum(1) if mlp.layers[l].b_slice is not None else None
             if l > 0:
-                below = self.layers[l - 1]
+                below = mlp.layers[l - 1]
                 Re = torch.matmul(Rdelta, Ws[l][0]) + torch.matmul(deltas[l], dWs[l])  # (K, B, in)
                 if below.activation is None:
                     Rdelta = Re
@@ -263,4 +314,4 @@ class AnalyticMLP:
                     d2 = _d2(below.activation, zs[l - 1], acts[l], d1s[l - 1])
                     if d2 is not None:
                         Rdelta = Rdelta + es[l - 1] * d2 * Rzs[l - 1]
-        return self._flat(RgW, Rgb, (K,)), dots
+        return mlp._flat(RgW, Rgb, (K,)), dots

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.func import vmap
 
+from ._analytic import AnalyticMLP
 from ._progress import progress_bar
 from .engine import Engine, SegmentReplayer
 from .errors import ConfigError
@@ -232,6 +233,9 @@ def replay(
     qfuns = [query_function(q, fm, engine.Xv, engine.yv) for q in qs]
     qfuns_batched = [vmap(f) for f in qfuns]
     batched_grad = vmap(engine.grad_fn, in_dims=(0, None, None, 0, None))
+    # closed-form gradients of all replicas at once for Linear/Tanh/ReLU stacks with cross-entropy
+    analytic, _ = AnalyticMLP.for_model(fm)
+    elementwise_step = spec.name == "sgd"  # SGD's step is elementwise: it takes the (R, P) rows as they are
     cp_index = {int(c): k for k, c in enumerate(cps)}
     K, Q = len(cps), len(qs)
     rows = engine.rows
@@ -272,11 +276,20 @@ def replay(
                     hit = np.flatnonzero(ids_np == j)
                     if len(hit):
                         W[r, torch.as_tensor(hit, device=engine.device)] = keep
-            G, _ = batched_grad(Theta, Xb, yb, W, B)
+            if analytic is not None:
+                G = analytic.batched_grad(Theta, Xb, yb, W, B)
+            else:
+                G, _ = batched_grad(Theta, Xb, yb, W, B)
             lr = float(engine.lrs[t])
-            Theta, State = vmap(lambda th, st, g, _t=t, _lr=lr: optimizer_step(spec, th, st, g, _lr, _t))(Theta, State, G)
+            if elementwise_step:
+                Theta, State = optimizer_step(spec, Theta, State, G, lr, t)
+            else:
+                Theta, State = vmap(lambda th, st, g, _t=t, _lr=lr: optimizer_step(spec, th, st, g, _lr, _t))(Theta, State, G)
             Theta, State = Theta.detach(), State.detach()
-            if t + 1 in engine.row_of:
+            # the unmodified replica against the stored trajectory: at the stored rows that are
+            # checkpoints or segment ends (every row of a checkpoint-mode run, and in a run that
+            # stores every step, the checkpoints and the last step)
+            if t + 1 in engine.row_of and (t + 1 in cp_index or t + 1 == T or engine.run.manifest["trajectory"]["mode"] != "full"):
                 ref, _ = engine.stored(t + 1)
                 dev = float((Theta[-1] - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
                 deviation = max(deviation, dev)

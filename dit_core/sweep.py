@@ -300,6 +300,8 @@ def compute(
             lr = float(engine.lrs[t])
             act = slice(k0 * Q, K * Q)
             a_theta, a_state = A_theta[act], A_state[act]
+            if method == "analytic":
+                step_pass = analytic.prepare(theta.detach(), Xb, yb)  # one forward/backward, used twice below
             if method == "reverse":
                 # the minibatch gradient as a differentiable function of (θ, per-sample weights w);
                 # d⟨ḡ, u⟩/dθ = H u and d⟨ḡ, u⟩/dw_j = ⟨∇ℓ_j, u⟩ / |S_t|: both from one backward pass
@@ -317,12 +319,12 @@ def compute(
                     elif method == "reverse":
                         g = gbar.detach()
                     elif method == "analytic":
-                        g = analytic.mean_grad(theta, Xb, yb)
+                        g = step_pass.mean_grad()
                     else:
                         g = grad(lambda th_: fm.losses(th_, Xb, yb).mean())(theta)
                 v_theta, v_state, U = step_vjp(spec, theta, state, g, lr, t, a_theta, a_state)
             if method == "analytic":
-                HU, JU = analytic.hvp_and_dots(theta.detach(), Xb, yb, U)
+                HU, JU = step_pass.hvp_and_dots(U)
             elif method == "reverse":
                 HU, JU = _batched_vjp((gbar,), (th, w), (U,))
             else:
