@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -622,6 +623,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.table())
+    if not report.reproduces_recording:
+        # the ground truth itself is off: its correlations mean little; say so and fail the command
+        print(
+            f"dit validate: error: the unmodified replay deviates from the recorded trajectory by "
+            f"{report.trajectory_deviation:.2e} (tolerance {report.tolerance:.0e}); the run, its model or the "
+            "device does not reproduce the recording, so these correlations are not trustworthy",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -340,3 +340,23 @@ def test_convergence_window_is_the_last_20_percent_of_whole_epochs(tmp_path, epo
     sw = signal_windows(run)["convergence"]
     assert (w.start, w.stop) == (sw["start"], sw["stop"])
     assert f"epochs {first}-{epochs - 1}" in w.description
+
+
+def test_cli_fails_when_the_unmodified_replay_does_not_reproduce_the_recording(tmp_path, capsys):
+    """A stored checkpoint row that no longer matches the recording makes the ground truth
+    untrustworthy: the report says so and `dit validate` exits 1 instead of 0."""
+    path = _record(tmp_path / "run", epochs=4)
+    run = dit.load_run(path)
+    T, spe = run.n_steps, run.steps_per_epoch
+    params_file = path / "trajectory" / "params.npy"
+    params = np.load(params_file, allow_pickle=False)
+    rows = np.load(path / "trajectory" / "steps.npy", allow_pickle=False).tolist()
+    picks = {rows[0], rows[: len(rows) - 1][(len(rows) - 1) // 2], rows[-2]}  # the rows the opening check reads
+    target = next(c for c in (spe, 3 * spe) if c not in picks)  # a checkpoint row it does not read
+    params[rows.index(target)] *= 1.0 + 1e-6
+    np.save(params_file, params, allow_pickle=False)
+    assert cli_main(["validate", str(path), "--samples", "4", "--windows", "full", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "reproduces the recording: NO" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "not trustworthy" in err[0]
