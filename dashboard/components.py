@@ -63,3 +63,6 @@ def gallery(run: dit.Run, ids: np.ndarray, scores: np.ndarray | None, *, key: st
     fmt = {"score": st.column_config.NumberColumn(score_name, format="%.4g")} if scores is not None else {}
     st.dataframe(table, hide_index=True, key=f"{key}_table", column_config=fmt, width="stretch",
                  height=min(38 * (len(table) + 1) + 3, 420))
+    if not ex.is_image_data(run.X_train) and (run.manifest.get("dataset") or {}).get("standardized"):
+        st.caption("Feature values as the model saw them: standardised with the training split's mean and "
+                   "standard deviation (units dropped).")

@@ -278,6 +278,7 @@ def test_tabular_sample_run_shows_feature_values_and_its_optimizer(at):
     names = ex.feature_names(tab)
     assert names[0] == "mean radius" and "mean radius" in harmful.columns  # ... but the feature values
     np.testing.assert_allclose(harmful["mean radius"].astype(float), tab.X_train[r.harmful, 0], rtol=1e-6)
+    assert any("standardised" in c.value for c in at.caption)  # the values are not in the names' units
 
     at.switch_page("views/flags.py").run()
     _ok(at)
