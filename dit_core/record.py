@@ -516,7 +516,7 @@ def _train_and_write(
             _publish(work, out)
         raise TrainingDivergedError(
             f"the training loss became {batch_loss[diverged_at]} at step {diverged_at} "
-            f"(epoch {diverged_at // steps_per_epoch}); lower the learning rate. What was recorded up to that step is "
+            f"(epoch {diverged_at // steps_per_epoch + 1} of {E}); lower the learning rate. What was recorded up to that step is "
             f"kept in {target} and marked incomplete.",
             step=diverged_at,
             run_dir=str(target),
