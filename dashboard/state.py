@@ -37,7 +37,6 @@ log = logging.getLogger("dit.dashboard")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RUNS_DIR = REPO_ROOT / "sample_runs"
 PREFERRED_SAMPLE = "digits_mlp_corrupt20"
-DEFAULT_QUERY = "val_loss"
 
 
 # ----------------------------------------------------------------------------- command line
@@ -195,7 +194,7 @@ def query(run: dit.Run | None = None) -> str:
     chosen = st.session_state.get("query")
     if chosen in qs:
         return chosen
-    return DEFAULT_QUERY if DEFAULT_QUERY in qs else qs[0]
+    return run.default_query
 
 
 def stamp() -> tuple:

@@ -337,7 +337,8 @@ def _add_export(sub) -> None:
         help="rank by harmful influence in this window (signal dit_window): 'convergence' (last 20%% of the epochs, "
         "at least one; the default for dit_window), 'full', 'last-epoch', or START:STOP in steps",
     )
-    p.add_argument("--query", default="val_loss", help="influence query of the DIT signals (default val_loss)")
+    p.add_argument("--query", default=None,
+                   help="influence query of the DIT signals (default: val_loss when computed, else the run's first query)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--top-k", type=int, default=None, help="flag the K highest scores")
     group.add_argument("--threshold", type=float, default=None, help="flag scores at or above this value")
@@ -393,7 +394,8 @@ def cmd_export(args) -> int:
     window = None
     if signal == "dit_window":
         window = run._check_window(*parse_window(args.window or "convergence", run))
-    scores = explore.signal_scores(run, signal, window=window, query=args.query)
+    query = args.query or run.default_query
+    scores = explore.signal_scores(run, signal, window=window, query=query)
     if args.top_k is not None:
         flags = explore.select_flags(scores, method="top_k", k=args.top_k)
     elif args.threshold is not None:

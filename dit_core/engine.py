@@ -72,9 +72,9 @@ class Engine:
                 )
             self.rows, self.params, self.states = self._regenerate_trajectory()
         else:
-            self.rows = np.asarray(load_npy(tdir / "steps.npy", mmap=False), dtype=np.int64)
-            self.params = load_npy(tdir / "params.npy")
-            self.states = load_npy(tdir / "state.npy") if self.n_state else None
+            self.rows = np.asarray(self._load(tdir / "steps.npy", mmap=False), dtype=np.int64)
+            self.params = self._load(tdir / "params.npy", shape=(len(self.rows), self.fm.n_params))
+            self.states = self._load(tdir / "state.npy", shape=(len(self.rows), self.n_state)) if self.n_state else None
             if (run.path / INITIAL_PARAMS).exists() and not np.array_equal(run.initial_params, self.params[0]):
                 raise RunIncompleteError(
                     f"{run.path / INITIAL_PARAMS} differs from the trajectory's first row (trajectory/params.npy): "
@@ -82,6 +82,21 @@ class Engine:
                 )
             self._check_reproduces_recorded_losses()
         self.row_of = {int(s): i for i, s in enumerate(self.rows)}
+
+    @staticmethod
+    def _load(path: Path, *, mmap: bool = True, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """A stored trajectory array; a missing, truncated or misshapen file is named as damage."""
+        try:
+            arr = load_npy(path, mmap=mmap)
+        except FileNotFoundError:
+            raise RunIncompleteError(f"{path} is missing: the stored trajectory is incomplete") from None
+        except Exception as exc:
+            raise RunIncompleteError(
+                f"{path} could not be read ({type(exc).__name__}: {exc}); the stored trajectory is damaged"
+            ) from exc
+        if shape is not None and tuple(arr.shape) != tuple(shape):
+            raise RunIncompleteError(f"{path} has shape {tuple(arr.shape)}, expected {tuple(shape)}; the stored trajectory is damaged")
+        return arr
 
     def _loss_tolerance(self, recorded: np.ndarray) -> float:
         scale = float(np.abs(recorded).max()) if len(recorded) else 1.0
@@ -108,13 +123,13 @@ class Engine:
                     # θ₀ reproduced its loss, so model and loss are right: this stored row is wrong
                     raise RunIncompleteError(
                         f"the stored parameters of step {t} ({self.run.path / 'trajectory' / 'params.npy'}) do not "
-                        f"reproduce the recorded minibatch loss ({loss!r} instead of {recorded[t]!r}): the run is damaged"
+                        f"reproduce the recorded minibatch loss ({loss:.10g} instead of {float(recorded[t]):.10g}): the run is damaged"
                     )
                 if not abs(loss - recorded[t]) <= tol:
                     raise ModelError(
                         f"the model and loss {'passed' if self._user_supplied else 'rebuilt from the manifest'} do not "
-                        f"reproduce the recorded run {self.run.path}: the minibatch loss at step {t} is {loss!r}, the "
-                        f"recording says {recorded[t]!r}. Pass the same model architecture (model=...) and per-sample "
+                        f"reproduce the recorded run {self.run.path}: the minibatch loss at step {t} is {loss:.10g}, the "
+                        f"recording says {float(recorded[t]):.10g}. Pass the same model architecture (model=...) and per-sample "
                         "loss (loss_fn=...) that recorded it"
                     )
 
@@ -173,7 +188,7 @@ class Engine:
             if not abs(loss - recorded[t]) <= tol:
                 raise RunIncompleteError(
                     f"replaying the stripped run {run.path} from its initial parameters does not reproduce the "
-                    f"recorded minibatch loss at step {t} ({loss!r} instead of {recorded[t]!r}); the run is damaged "
+                    f"recorded minibatch loss at step {t} ({loss:.10g} instead of {float(recorded[t]):.10g}); the run is damaged "
                     "or was recorded with a different model/loss/device"
                 )
             theta, state = optimizer_step(self.spec, theta, state, g, float(self.lrs[t]), t)

@@ -202,6 +202,8 @@ class Run:
             "batch_offsets.npy": (tuple(offsets.shape), (T + 1,)),
             "batch_ids.npy": (shape("batch_ids.npy"), (int(offsets[-1]) if len(offsets) else 0,)),
             "sample_step.npy": (shape("sample_step.npy"), (n, E)),
+            "sample_loss.npy": (shape("sample_loss.npy"), (n, E)),
+            "sample_margin.npy": (shape("sample_margin.npy"), (n, E)),
             "samples.parquet": ((rows("samples.parquet"),), (n,)),
             "steps.parquet": ((rows("steps.parquet"),), (T,)),
             "epochs.parquet": ((rows("epochs.parquet"),), (E,)),
@@ -432,6 +434,12 @@ class Run:
         if self._influence_manifest is None:
             return []
         return [q["query"] for q in self._influence_manifest["queries"]]
+
+    @property
+    def default_query(self) -> str:
+        """``"val_loss"`` when it was computed (or nothing was), else the first computed query."""
+        qs = self.queries
+        return "val_loss" if not qs or "val_loss" in qs else qs[0]
 
     def _query_entry(self, query: str) -> dict:
         name = parse_query(query).name

@@ -352,7 +352,8 @@ def add_cli(sub) -> None:
     p.add_argument("run", help="run directory (with influence computed)")
     p.add_argument("--signal", default=DEFAULT_FLAG_SIGNAL, choices=list(SIGNALS), help=f"signal to rank by (default {DEFAULT_FLAG_SIGNAL})")
     p.add_argument("--top", type=int, default=10, help="how many top suspects to print (default 10)")
-    p.add_argument("--query", default="val_loss", help="influence query of the DIT signals (default val_loss)")
+    p.add_argument("--query", default=None,
+                   help="influence query of the DIT signals (default: val_loss when computed, else the run's first query)")
     p.add_argument("--no-save", action="store_true", help="do not write RUN/signals.parquet")
     p.set_defaults(func=cmd_signals)
 
@@ -363,10 +364,11 @@ def cmd_signals(args) -> int:
     if args.top < 1:
         raise ConfigError(f"--top must be >= 1, got {args.top}")
     run = load_run(args.run)
+    query = args.query or run.default_query
     if args.no_save:
-        df = compute_signals(run, query=args.query)
+        df = compute_signals(run, query=query)
     else:
-        path = save_signals(run, query=args.query)
+        path = save_signals(run, query=query)
         df = load_parquet(path)[["sample_id", *SIGNALS]]
         print(f"wrote {len(SIGNALS)} signals of {run.n_train} samples to {path}")
     samples = run.samples

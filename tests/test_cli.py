@@ -305,6 +305,23 @@ def test_errors_are_one_clear_line(argv, message, tmp_path: Path, iris_run: Path
     assert "Traceback" not in err
 
 
+def test_export_and_signals_default_to_the_runs_own_query(iris_run: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "q"
+    shutil.copytree(iris_run, copy)
+    assert main(["compute", str(copy), "--query", "class_loss=1", "--overwrite", "--quiet"]) == 0
+    capsys.readouterr()
+    # no val_loss on this run: the DIT signals and the training-dynamics ones rank without asking for it
+    out = tmp_path / "f.csv"
+    assert main(["export", str(copy), "--signal", "aum", "--top-k", "3", "--out", str(out)]) == 0
+    assert main(["export", str(copy), "--signal", "dit_full", "--top-k", "3", "--out", str(out)]) == 0
+    run = dit.load_run(copy)
+    top = np.argsort(run.window_influence(0, run.n_steps, query="class_loss=1"), kind="stable")[:3]
+    assert sorted(pd.read_csv(out)["sample_id"]) == sorted(top.tolist())
+    assert main(["signals", str(copy), "--no-save"]) == 0
+
+
 def test_builtin_model_options_from_model_kwargs(tmp_path: Path) -> None:
     out = tmp_path / "m"
     assert main(["train", "iris", "--model", "mlp", "--model-kwargs", '{"hidden": [5, 4], "activation": "relu"}',

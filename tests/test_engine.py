@@ -960,6 +960,11 @@ def _damage(src: Path, dst: Path, how) -> Path:
     return dst
 
 
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
 def _edit_json(path: Path, edit) -> None:
     doc = json.loads(path.read_text())
     path.write_text(json.dumps(edit(doc)))
@@ -972,6 +977,8 @@ def _edit_json(path: Path, edit) -> None:
         ("garbage_parquet", lambda d: (d / "steps.parquet").write_bytes(b"1234567"), r"steps.parquet could not be read \(ArrowInvalid"),
         ("short_offsets", lambda d: np.save(d / "batch_offsets.npy", np.load(d / "batch_offsets.npy")[:-2]), r"batch_offsets.npy has shape \(5,\) but the manifest says \(7,\)"),
         ("short_step_table", lambda d: np.save(d / "sample_step.npy", np.load(d / "sample_step.npy")[:-1]), r"sample_step.npy has shape \(21, 2\) but the manifest says \(22, 2\)"),
+        ("truncated_losses", lambda d: _truncate(d / "sample_loss.npy"), r"sample_loss.npy could not be read"),
+        ("short_margins", lambda d: np.save(d / "sample_margin.npy", np.load(d / "sample_margin.npy")[:, :1]), r"sample_margin.npy has shape \(22, 1\)"),
         ("no_n_train", lambda d: _edit_json(d / "manifest.json", lambda m: {k: v for k, v in m.items() if k != "n_train"}), r"'n_train' is None, not a count"),
         ("influence_list", lambda d: _edit_json(d / "influence" / "influence.json", lambda m: [1, 2]), r"influence.json is damaged.*'checkpoints' list"),
         ("influence_cps", lambda d: _edit_json(d / "influence" / "influence.json", lambda m: {**m, "checkpoints": [3, 5]}), r"must ascend to n_steps=6"),
@@ -986,6 +993,27 @@ def test_damaged_files_inside_a_run_are_named(tmp_path, small_run, name, how, ma
     with pytest.raises(RunIncompleteError, match=match):
         dit.load_run(bad)
     assert main(["info", str(bad)]) == 2
+
+
+@pytest.mark.parametrize(
+    "how, match",
+    [
+        (lambda d: _truncate(d / "trajectory" / "params.npy"), r"trajectory/params.npy could not be read .*the stored trajectory is damaged"),
+        (lambda d: np.save(d / "trajectory" / "params.npy", np.load(d / "trajectory" / "params.npy")[:-1]), r"params.npy has shape \(6, \d+\), expected \(7, \d+\)"),
+        (lambda d: (d / "trajectory" / "steps.npy").unlink(), r"steps.npy is missing"),
+    ],
+    ids=["truncated", "short", "missing_steps"],
+)
+def test_damaged_trajectory_is_named_by_compute_replay_and_validate(tmp_path, small_run, how, match):
+    from dit_core.cli import main
+    from dit_core.validate import validate
+
+    bad = _damage(small_run.path, tmp_path / "bad", how)
+    with pytest.raises(RunIncompleteError, match=match):
+        dit.compute(bad, overwrite=True, progress=False)
+    with pytest.raises(RunIncompleteError, match=match):
+        validate(bad, n_samples=3, windows=("full",), progress=False, out_dir=tmp_path / "v")
+    assert main(["compute", str(bad), "--overwrite", "--quiet"]) == 2
 
 
 def test_bad_window_and_query_arguments(small_run):
