@@ -140,8 +140,11 @@ class AnalyticMLP:
         self.n_params = fm.n_params
 
     @classmethod
-    def for_model(cls, fm: FunctionalModel) -> tuple["AnalyticMLP | None", str | None]:
+    def for_model(cls, fm: FunctionalModel, input_shape: tuple[int, ...]) -> tuple["AnalyticMLP | None", str | None]:
+        """The kernels for ``fm`` on inputs of shape ``input_shape`` (batch first), or (None, why not)."""
         reason, layers = _why_not(fm)
+        if reason is None and len(input_shape) != 2 and not any(type(m) is nn.Flatten for m in fm.model.children()):
+            reason = f"its input has shape {tuple(input_shape[1:])} per sample and no Flatten in front of the first Linear layer"
         if reason is not None:
             return None, reason
         return cls(fm, layers), None

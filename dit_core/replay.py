@@ -234,7 +234,7 @@ def replay(
     qfuns_batched = [vmap(f) for f in qfuns]
     batched_grad = vmap(engine.grad_fn, in_dims=(0, None, None, 0, None))
     # closed-form gradients of all replicas at once for Linear/Tanh/ReLU stacks with cross-entropy
-    analytic, _ = AnalyticMLP.for_model(fm)
+    analytic, _ = AnalyticMLP.for_model(fm, tuple(engine.Xt.shape))
     elementwise_step = spec.name == "sgd"  # SGD's step is elementwise: it takes the (R, P) rows as they are
     cp_index = {int(c): k for k, c in enumerate(cps)}
     K, Q = len(cps), len(qs)

@@ -104,11 +104,12 @@ def _batched_vjp(outputs, inputs, cotangents):
 METHODS = ("auto", "analytic", "reverse", "jvp")
 
 
-def choose_method(fm, method: str) -> tuple[str, AnalyticMLP | None]:
-    """The sweep method actually used for ``method`` on this model, and the closed-form kernels if any."""
+def choose_method(fm, method: str, input_shape: tuple[int, ...]) -> tuple[str, AnalyticMLP | None]:
+    """The sweep method actually used for ``method`` on this model and input shape (batch first),
+    and the closed-form kernels if any."""
     if method not in METHODS:
         raise ConfigError(f"method={method!r}: use one of {list(METHODS)}")
-    analytic, why = AnalyticMLP.for_model(fm) if method in ("auto", "analytic") else (None, None)
+    analytic, why = AnalyticMLP.for_model(fm, input_shape) if method in ("auto", "analytic") else (None, None)
     if method == "analytic" and analytic is None:
         raise ConfigError(
             f"method='analytic' covers an nn.Sequential of Linear layers with Tanh/ReLU and the built-in "
@@ -248,7 +249,7 @@ def compute(
     engine = Engine(run, model=model, loss_fn=loss_fn, device=device)
     fm, spec = engine.fm, engine.spec
     method_requested = method
-    method, analytic = choose_method(fm, method)
+    method, analytic = choose_method(fm, method, tuple(engine.Xt.shape))
     T, n, E, P = run.n_steps, run.n_train, run.n_epochs, fm.n_params
     S = engine.n_state
     K, Q = len(cps), len(qs)

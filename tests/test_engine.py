@@ -370,6 +370,15 @@ def test_analytic_method_covers_mlp_variants_and_refuses_others(tmp_path):
         def forward(self, x):
             return self.lin(x.reshape(len(x), -1)) + 1.0
 
+    # the closed form flattens the input: without a Flatten it only takes (batch, features) input
+    from dit_core._analytic import AnalyticMLP
+    from dit_core._functional import FunctionalModel
+
+    fm = FunctionalModel(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)), None, DTYPE, torch.device("cpu"))
+    assert AnalyticMLP.for_model(fm, (20, 3))[0] is not None
+    kernels, why = AnalyticMLP.for_model(fm, (20, 2, 3))
+    assert kernels is None and "no Flatten" in why
+
     path = dit.record(Shifted(), *data, cfg, tmp_path / "shifted", progress=False)
     with pytest.raises(ConfigError, match="method='analytic'.*Shifted"):
         dit.compute(path, model=Shifted(), progress=False, method="analytic")
