@@ -83,7 +83,6 @@ def read_manifest(path: Path, *, allow_incomplete: bool = False) -> dict:
     return manifest
 
 
-
 def as_step(value, name: str) -> int:
     """``value`` as a step index: an integer (Python or NumPy, or a float with no fractional
     part); anything else — a bool, 2.5, "3" — is refused naming ``name``."""
@@ -112,6 +111,7 @@ def _per_run_cache(method):
         return cache[key]
 
     return wrapper
+
 
 class Run:
     """A recorded run, opened read-only. Create with :func:`load_run`.

@@ -42,7 +42,6 @@ import os
 import shutil
 import time
 import uuid
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

@@ -68,7 +68,7 @@ def resolve_window(name: str, run: Run) -> WindowSpec:
     if not isinstance(name, str):
         raise ConfigError(f"window {name!r} must be a string: {_WINDOW_HELP}")
     text = name.strip()
-    T, E, spe = run.n_steps, run.n_epochs, run.steps_per_epoch
+    T, E = run.n_steps, run.n_epochs
     ends = run.epoch_end_steps
     starts = np.concatenate([[0], ends[:-1]])
 

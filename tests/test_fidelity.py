@@ -25,7 +25,6 @@ checks the step count it rests on.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import dit_core as dit

@@ -347,7 +347,7 @@ def test_cli_fails_when_the_unmodified_replay_does_not_reproduce_the_recording(t
     untrustworthy: the report says so and `dit validate` exits 1 instead of 0."""
     path = _record(tmp_path / "run", epochs=4)
     run = dit.load_run(path)
-    T, spe = run.n_steps, run.steps_per_epoch
+    spe = run.steps_per_epoch
     params_file = path / "trajectory" / "params.npy"
     params = np.load(params_file, allow_pickle=False)
     rows = np.load(path / "trajectory" / "steps.npy", allow_pickle=False).tolist()
