@@ -201,7 +201,8 @@ def stamp() -> tuple:
     """Cache key of what the pages show: the current run (path and modification times) and the query.
 
     Cached functions taking it read the query from its last element."""
-    return (*ex.run_stamp(st.session_state["run_path"]), query())
+    run_stamp = ex.run_stamp(st.session_state["run_path"])
+    return (*run_stamp, query(_open_run(run_stamp)))
 
 
 def mode() -> str:

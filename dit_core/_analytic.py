@@ -150,9 +150,12 @@ class AnalyticMLP:
         return cls(fm, layers), None
 
     # ------------------------------------------------------------------ pieces
+    # Each takes one parameter vector θ (P,) or a batch of them Θ (R, P): the leading
+    # dimensions ride along through every matrix product.
     def _weights(self, theta: torch.Tensor):
+        lead = theta.shape[:-1]
         return [
-            (theta[L.w_slice].view(L.w_shape), None if L.b_slice is None else theta[L.b_slice])
+            (theta[..., L.w_slice].reshape(*lead, *L.w_shape), None if L.b_slice is None else theta[..., L.b_slice])
             for L in self.layers
         ]
 
@@ -162,7 +165,12 @@ class AnalyticMLP:
         a = X.reshape(X.shape[0], -1)
         acts, zs, d1s = [a], [], []
         for (W, b), L in zip(Ws, self.layers):
-            z = torch.nn.functional.linear(a, W, b)
+            if W.dim() == 2:
+                z = torch.nn.functional.linear(a, W, b)
+            else:  # (B, in) or (R, B, in) times (R, in, out) -> (R, B, out)
+                z = torch.matmul(a, W.transpose(-1, -2))
+                if b is not None:
+                    z = z + b.unsqueeze(-2)
             a = _act(L.activation, z)
             zs.append(z)
             acts.append(a)
@@ -170,12 +178,10 @@ class AnalyticMLP:
         return Ws, zs, acts, d1s
 
     def _backward(self, Ws, zs, acts, d1s, y, scale):
-        """δ_l for every layer (list, first to last) and the softmax p, for the loss Σ_j ℓ_j · scale."""
-        logits = zs[-1]
-        p = torch.softmax(logits, dim=1)
-        delta = p.clone()
-        delta[torch.arange(len(y), device=y.device), y] -= 1
-        delta = delta * scale
+        """δ_l for every layer (list, first to last), the softmax p and e_l = δ_{l+1} W_{l+1},
+        for the loss Σ_j ℓ_j · scale (``scale`` a number, or per-sample weights shaped like p's rows)."""
+        p = torch.softmax(zs[-1], dim=-1)
+        delta = (p - torch.nn.functional.one_hot(y, p.shape[-1]).to(p.dtype)) * scale
         deltas = [delta]
         es = []
         for l in range(len(self.layers) - 1, 0, -1):
@@ -184,6 +190,10 @@ class AnalyticMLP:
             delta = e if d1s[l - 1] is None else e * d1s[l - 1]
             deltas.append(delta)
         return p, deltas[::-1], es[::-1]
+
+    def _grad(self, deltas, acts, lead: tuple[int, ...]) -> torch.Tensor:
+        """∇θ of the loss the δ_l belong to: (δ_lᵀ a_{l-1}, Σ_j δ_l) per layer, flat (*lead, P)."""
+        return self._flat([d.transpose(-1, -2) @ a for d, a in zip(deltas, acts)], [d.sum(-2) for d in deltas], lead)
 
     def _flat(self, gW: list[torch.Tensor], gb: list[torch.Tensor | None], lead: tuple[int, ...]) -> torch.Tensor:
         out = torch.empty(*lead, self.n_params, dtype=gW[0].dtype, device=gW[0].device)
@@ -226,30 +236,9 @@ class AnalyticMLP:
         counterfactual replay takes at every step for its replicas (each with one sample's
         weight set to 0), as batched matrix products instead of a vmapped autograd graph.
         """
-        R, B = Theta.shape[0], X.shape[0]
-        a = X.reshape(B, -1)
-        acts, d1s, Ws = [a], [], []
-        for L in self.layers:
-            W = Theta[:, L.w_slice].reshape(R, *L.w_shape)
-            z = torch.matmul(a, W.transpose(1, 2))  # (B, in) or (R, B, in) x (R, in, out) -> (R, B, out)
-            if L.b_slice is not None:
-                z = z + Theta[:, None, L.b_slice]
-            a = _act(L.activation, z)
-            Ws.append(W)
-            acts.append(a)
-            d1s.append(_d1(L.activation, z, a) if L.activation is not None else None)
-        onehot = torch.nn.functional.one_hot(y, acts[-1].shape[2]).to(Theta.dtype)
-        delta = (torch.softmax(acts[-1], dim=2) - onehot) * (weights / divisor)[:, :, None]
-        out = torch.empty(R, self.n_params, dtype=Theta.dtype, device=Theta.device)
-        for l in range(len(self.layers) - 1, -1, -1):
-            L = self.layers[l]
-            out[:, L.w_slice] = torch.matmul(delta.transpose(1, 2), acts[l]).reshape(R, -1)
-            if L.b_slice is not None:
-                out[:, L.b_slice] = delta.sum(1)
-            if l > 0:
-                e = torch.matmul(delta, Ws[l])
-                delta = e if d1s[l - 1] is None else e * d1s[l - 1]
-        return out
+        Ws, zs, acts, d1s = self._forward(Theta, X)
+        _, deltas, _ = self._backward(Ws, zs, acts, d1s, y, (weights / divisor)[:, :, None])
+        return self._grad(deltas, acts, (Theta.shape[0],))
 
     def hvp_and_dots(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, U: torch.Tensor):
         """(H U, J U / B) for the rows u of U (K, P): what ``sweep._batched_vjp`` returns.
@@ -271,7 +260,7 @@ class _Step:
 
     def mean_grad(self) -> torch.Tensor:
         """∇θ of the minibatch's mean loss, (P,)."""
-        return self.mlp._flat([d.T @ a for d, a in zip(self.deltas, self.acts)], [d.sum(0) for d in self.deltas], ())
+        return self.mlp._grad(self.deltas, self.acts, ())
 
     def hvp_and_dots(self, U: torch.Tensor):
         """(H U (K, P), J U / B (K, B)) for the rows u of U (K, P)."""

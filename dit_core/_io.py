@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -55,31 +55,27 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, flush it to disk, then rename it to ``path``:
+    readers see the old file or the complete new one, and a failed write leaves no temporary file."""
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file beside it, then rename)."""
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _json_default(o: Any) -> Any:
@@ -99,16 +95,11 @@ def read_json(path: Path) -> Any:
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
             np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomically(path, write)
 
 
 def load_npy(path: Path, mmap: bool = True) -> np.ndarray:
@@ -131,14 +122,7 @@ def commit_npy(arr: np.memmap, tmp: Path, path: Path) -> None:
 
 
 def save_parquet(path: Path, df: pd.DataFrame) -> None:
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        df.to_parquet(tmp, index=False)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def load_parquet(path: Path) -> pd.DataFrame:

@@ -47,9 +47,9 @@ def _add_train(sub) -> None:
                    "'{\"hidden\": [64, 32], \"activation\": \"relu\"}' (they override --hidden/--activation)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory (only once the new run is complete)")
-    p.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
-    p.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
-    p.add_argument("--lr", type=float, default=0.1, help="base learning rate (default 0.1)")
+    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help=f"passes over the training set (default {_DEFAULTS.epochs})")
+    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help=f"minibatch size (default {_DEFAULTS.batch_size})")
+    p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help=f"base learning rate (default {_DEFAULTS.lr:g})")
     p.add_argument("--schedule", default="constant", choices=("constant", "step", "cosine"))
     p.add_argument("--step-every", type=int, default=10, help="epochs between decays (step schedule)")
     p.add_argument("--step-gamma", type=float, default=0.1)
@@ -288,18 +288,15 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
-    cfg = run.config
-    opt = s["optimizer"].get("name", cfg.optimizer) + "".join(
-        f", {k.replace('_', ' ')} {v}" for k, v in s["optimizer"].items() if k != "name" and v not in (None, False, 0, 0.0)
-    )
-    opt += f", lr {cfg.lr:g}, batch size {cfg.batch_size}"
-    m_desc = run.manifest["model"]
-    model_txt = str(s["model"]) + (f" hidden {tuple(m_desc['hidden'])}" if "hidden" in m_desc else "") + (
-        f" {m_desc['activation']}" if "activation" in m_desc else "")
+    from .explore import run_summary as display_summary  # the dashboard's wording of optimizer and model
+
+    shown = display_summary(run)
+    opt = f"{shown['optimizer']}, learning rate {shown['learning_rate']}, batch size {shown['batch_size']}"
+    model_txt = shown["model"]
     print(f"run {s['path']} (id {s['run_id']})")
     print(f"  data       {s['dataset'] or 'your own (dit_core.record)'}: {s['n_train']} train / {s['n_val']} val" + (f", {s['n_corrupted']} labels corrupted" if s["n_corrupted"] is not None else ""))
     print(f"  model      {model_txt} ({s['n_params']} parameters)")
-    print(f"  training   {s['n_epochs']} epochs, {s['n_steps']} steps, {opt}, schedule {s['schedule']['name']}")
+    print(f"  training   {s['n_epochs']} epochs, {s['n_steps']} steps, {opt}")
     print(f"  result     val loss {s['final_val_loss']:.4f}, val accuracy {s['final_val_accuracy']:.3f}")
     print(f"  trajectory {s['trajectory']}")
     if s["influence"]:

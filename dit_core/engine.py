@@ -80,8 +80,9 @@ class Engine:
                     f"{run.path / INITIAL_PARAMS} differs from the trajectory's first row (trajectory/params.npy): "
                     "the run is damaged"
                 )
-            self._check_reproduces_recorded_losses()
         self.row_of = {int(s): i for i, s in enumerate(self.rows)}
+        if not self.regenerated:  # a regenerated trajectory was checked at every step already
+            self._check_reproduces_recorded_losses()
 
     @staticmethod
     def _load(path: Path, *, mmap: bool = True, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -99,9 +100,9 @@ class Engine:
         return arr
 
     def _loss_tolerance(self, recorded: np.ndarray) -> float:
+        """How far a recomputed minibatch loss may lie from the recorded one (rounding of the engine's dtype)."""
         scale = float(np.abs(recorded).max()) if len(recorded) else 1.0
-        loose = self.dtype == torch.float32 or self.run.config.dtype == "float32"
-        return (1e-4 if loose else 1e-9) * max(scale, 1e-12)
+        return (1e-4 if self.dtype == torch.float32 else 1e-9) * max(scale, 1e-12)
 
     def _check_reproduces_recorded_losses(self) -> None:
         """The model and loss (passed, or rebuilt from the manifest) must give the recorded
@@ -116,22 +117,23 @@ class Engine:
         tol = self._loss_tolerance(recorded)
         with torch.no_grad():
             for t in picks:
-                theta = torch.as_tensor(np.array(self.params[self.rows.tolist().index(t)]), dtype=self.dtype, device=self.device)
+                theta, _ = self.stored(t)
                 _, Xb, yb = self.batch(t)
                 loss = float(self.fm.losses(theta, Xb, yb).sum() / Xb.shape[0])
-                if not abs(loss - recorded[t]) <= tol and t != picks[0]:
-                    # θ₀ reproduced its loss, so model and loss are right: this stored row is wrong
+                if abs(loss - recorded[t]) <= tol:
+                    continue
+                if t != picks[0]:
+                    # the first row reproduced its loss, so model and loss are right: this stored row is wrong
                     raise RunIncompleteError(
                         f"the stored parameters of step {t} ({self.run.path / 'trajectory' / 'params.npy'}) do not "
                         f"reproduce the recorded minibatch loss ({loss:.10g} instead of {float(recorded[t]):.10g}): the run is damaged"
                     )
-                if not abs(loss - recorded[t]) <= tol:
-                    raise ModelError(
-                        f"the model and loss {'passed' if self._user_supplied else 'rebuilt from the manifest'} do not "
-                        f"reproduce the recorded run {self.run.path}: the minibatch loss at step {t} is {loss:.10g}, the "
-                        f"recording says {float(recorded[t]):.10g}. Pass the same model architecture (model=...) and per-sample "
-                        "loss (loss_fn=...) that recorded it"
-                    )
+                raise ModelError(
+                    f"the model and loss {'passed' if self._user_supplied else 'rebuilt from the manifest'} do not "
+                    f"reproduce the recorded run {self.run.path}: the minibatch loss at step {t} is {loss:.10g}, the "
+                    f"recording says {float(recorded[t]):.10g}. Pass the same model architecture (model=...) and per-sample "
+                    "loss (loss_fn=...) that recorded it"
+                )
 
     def _regenerate_trajectory(self):
         """Checkpoint rows of a stripped run, rebuilt by replaying the recorded steps from θ₀.
@@ -166,8 +168,7 @@ class Engine:
         params_mm, params_tmp = open_npy_for_writing(tmpdir / "params.npy", (len(rows), P), np_dtype)
         state_mm, state_tmp = open_npy_for_writing(tmpdir / "state.npy", (len(rows), S), np_dtype) if S else (None, None)
         recorded = run.steps["batch_loss"].to_numpy(dtype=np.float64)
-        scale = float(np.abs(recorded).max()) if len(recorded) else 1.0
-        tol = (1e-4 if self.dtype == torch.float32 else 1e-9) * max(scale, 1e-12)
+        tol = self._loss_tolerance(recorded)
         theta = torch.as_tensor(np.array(run.initial_params), dtype=self.dtype, device=self.device)
         state = torch.as_tensor(np.array(run.initial_state), dtype=self.dtype, device=self.device)
         row_index = {int(r): i for i, r in enumerate(rows)}

@@ -130,24 +130,11 @@ def open_run(path: str | os.PathLike, *, query: str | None = "val_loss") -> Run:
             f"{p} has no influence for query {query!r} (computed: {', '.join(run.queries) or 'none'}); "
             f"run `dit compute {p} --query {query}`"
         )
+    # load_run checked every file's shape against the manifest; read now what the pages show,
+    # so that damaged contents are reported when the run is opened, not on some later page
     try:
-        C = run.contributions(query if query is not None else run.queries[0])
-        n, E = run.n_train, run.n_epochs
-        checks = {
-            "sample_step.npy": (run.sample_step.shape, (n, E)),
-            "train_y.npy": (run.y_train.shape, (n,)),
-            "train_X.npy": (run.X_train.shape[:1], (n,)),
-            "samples.parquet": ((len(run.samples),), (n,)),
-            "epochs.parquet": ((len(run.epochs),), (E,)),
-            "steps.parquet": ((len(run.steps),), (run.n_steps,)),
-        }
-        for name, (got, want) in checks.items():
-            if tuple(got) != tuple(want):
-                raise RunIncompleteError(
-                    f"{p}: {name} has shape {tuple(got)} but the manifest says {tuple(want)}; the run is damaged"
-                )
-        if C.shape[2] < 1 or int(run.checkpoints[-1]) != run.n_steps:
-            raise RunIncompleteError(f"{p}: the influence checkpoints {run.checkpoints.tolist()} do not end at n_steps={run.n_steps}")
+        run.contributions(query if query is not None else run.queries[0])
+        run.sample_step, run.samples, run.epochs, run.steps  # noqa: B018 (cached on the run)
     except DITError:
         raise
     except Exception as exc:  # a damaged file: report it as such, with the reader's message
@@ -351,7 +338,7 @@ def period_bounds(run: Run, mode: str = "window") -> np.ndarray:
     _check_mode(mode)
     if mode == "window":
         return np.concatenate([[0], run.epoch_end_steps]).astype(np.int64)
-    return np.concatenate([[0], run.checkpoints]).astype(np.int64)
+    return trajectory_bounds(run)
 
 
 def period_influence(run: Run, mode: str = "window", query: str = "val_loss") -> np.ndarray:

@@ -236,6 +236,7 @@ def replay(
     # closed-form gradients of all replicas at once for Linear/Tanh/ReLU stacks with cross-entropy
     analytic, _ = AnalyticMLP.for_model(fm, tuple(engine.Xt.shape))
     elementwise_step = spec.name == "sgd"  # SGD's step is elementwise: it takes the (R, P) rows as they are
+    check_every_row = len(engine.rows) < T + 1  # stored rows are spaced out (checkpoint mode or regenerated)
     cp_index = {int(c): k for k, c in enumerate(cps)}
     K, Q = len(cps), len(qs)
     rows = engine.rows
@@ -286,10 +287,9 @@ def replay(
             else:
                 Theta, State = vmap(lambda th, st, g, _t=t, _lr=lr: optimizer_step(spec, th, st, g, _lr, _t))(Theta, State, G)
             Theta, State = Theta.detach(), State.detach()
-            # the unmodified replica against the stored trajectory: at the stored rows that are
-            # checkpoints or segment ends (every row of a checkpoint-mode run, and in a run that
-            # stores every step, the checkpoints and the last step)
-            if t + 1 in engine.row_of and (t + 1 in cp_index or t + 1 == T or engine.run.manifest["trajectory"]["mode"] != "full"):
+            # the unmodified replica against the stored trajectory: at every stored row when rows
+            # are spaced out, at the checkpoints and the last step when every step is stored
+            if t + 1 in engine.row_of and (check_every_row or t + 1 in cp_index or t + 1 == T):
                 ref, _ = engine.stored(t + 1)
                 dev = float((Theta[-1] - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
                 deviation = max(deviation, dev)

@@ -236,6 +236,16 @@ def influence_id(run: Run) -> str | None:
     return str(im.get("influence_id") or im.get("created"))
 
 
+def _stored_attrs(path: Path) -> dict:
+    """The ``DataFrame.attrs`` pandas stored with a Parquet file, read from its footer only."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(b"PANDAS_ATTRS")
+    return json.loads(raw) if raw else {}
+
+
 def stored_signals_match(run: Run, query: str) -> bool:
     """True unless ``signals.parquet`` records that its influence-derived columns were computed
     for another query or from other influence than the run holds now (files written before
@@ -243,7 +253,7 @@ def stored_signals_match(run: Run, query: str) -> bool:
     path = run.path / SIGNALS_FILE
     if not path.exists():
         return True
-    attrs = load_parquet(path).attrs or {}
+    attrs = _stored_attrs(path)
     if "query" in attrs and attrs["query"] != parse_query(query).name:
         return False
     if "influence_id" in attrs and attrs["influence_id"] != influence_id(run):

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._io import SIGN_CONVENTION, _tmp_path, write_json
+from ._io import SIGN_CONVENTION, write_atomically, write_json
 from .errors import ConfigError
 from .replay import ReplayResult, replay
 from .run import Run, load_run
@@ -363,12 +363,7 @@ def _atomic_png(fig, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    tmp = _tmp_path(path)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def _plot_file(name: str) -> str:

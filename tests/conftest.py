@@ -29,6 +29,34 @@ def sample_runs_dir() -> Path:
     return SAMPLE_RUNS_DIR
 
 
+# ---------------------------------------------------------------- a small real run
+def _record_iris(out: Path, *, queries=("val_loss",), compute: bool = True, **config) -> Path:
+    import dit_core as dit
+    from dit_core.data import load_dataset
+    from dit_core.models import build_model, describe_model
+
+    ds = load_dataset("iris", corruption_rate=0.2, corruption_seed=0)
+    desc = describe_model("logreg", ds.input_shape, ds.n_classes, seed=0)
+    path = dit.record(
+        build_model(**desc), (ds.X_train, ds.y_train), (ds.X_val, ds.y_val),
+        dit.TrainConfig(**{"epochs": 6, "batch_size": 16, "lr": 0.1, **config}), out,
+        model_description={"kind": "builtin", **desc}, dataset_description=ds.describe(),
+        original_labels=ds.original_y_train, is_corrupted=ds.is_corrupted, progress=False,
+    )
+    if compute:
+        dit.compute(path, checkpoints="epochs", queries=queries, progress=False)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def record_iris():
+    """``record_iris(out, *, queries=("val_loss",), compute=True, **TrainConfig fields)``: records a
+    small real run (iris, logistic regression, 20% injected label corruption; 6 epochs, batch 16,
+    lr 0.1 unless given) into ``out`` and, unless ``compute=False``, computes its influence at the
+    epoch ends for ``queries``. Returns the run directory."""
+    return _record_iris
+
+
 # ---------------------------------------------------------------- no silent skips in CI
 # Some tests skip on a developer's machine that lacks an optional piece (Chromium for the
 # browser tests, the cleanlab benchmark extra). CI installs all of them (`.ci/run` runs

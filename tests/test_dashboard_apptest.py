@@ -286,25 +286,12 @@ def test_tabular_sample_run_shows_feature_values_and_its_optimizer(at):
 
 
 # ----------------------------------------------------------------------------- tiny runs
-def _iris_run(out: Path, queries=("val_loss",), **config):
-    import dit_core as dit
-    from dit_core.data import load_dataset
-    from dit_core.models import build_model, describe_model
-
-    ds = load_dataset("iris", corruption_rate=0.2, corruption_seed=0)
-    desc = describe_model("logreg", ds.input_shape, ds.n_classes, seed=0)
-    path = dit.record(
-        build_model(**desc), (ds.X_train, ds.y_train), (ds.X_val, ds.y_val), dit.TrainConfig(**config),
-        out, model_description={"kind": "builtin", **desc}, original_labels=ds.original_y_train,
-        is_corrupted=ds.is_corrupted, progress=False,
-    )
-    return dit.compute(path, queries=queries, progress=False)
-
-
-def test_a_run_of_two_steps_renders_every_page(at, tmp_path):
+def test_a_run_of_two_steps_renders_every_page(at, tmp_path, record_iris):
     """The smallest runs (one minibatch per epoch, two epochs) open on every page without an error."""
-    run = _iris_run(tmp_path / "tiny", epochs=2, batch_size=100000)
-    path = run.path
+    import dit_core as dit
+
+    path = record_iris(tmp_path / "tiny", epochs=2, batch_size=100000)
+    run = dit.load_run(path)
     assert run.n_steps == 2
     at.text_input(key="picker_path").set_value(str(path)).run()
     _ok(at)
@@ -316,9 +303,11 @@ def test_a_run_of_two_steps_renders_every_page(at, tmp_path):
             assert any("too few to split" in i.value for i in at.info)
 
 
-def test_the_query_is_chosen_in_the_sidebar(at, tmp_path):
+def test_the_query_is_chosen_in_the_sidebar(at, tmp_path, record_iris):
     """A run with several queries shows the one chosen in the sidebar; a run without val_loss opens on its own."""
-    run = _iris_run(tmp_path / "two", queries=("val_loss", "class_loss=1"), epochs=4, batch_size=16)
+    import dit_core as dit
+
+    run = dit.load_run(record_iris(tmp_path / "two", queries=("val_loss", "class_loss=1"), epochs=4))
     at.text_input(key="picker_path").set_value(str(run.path)).run()
     _ok(at)
     assert at.selectbox(key="query").value == "val_loss" and at.selectbox(key="query").options == ["val_loss", "class_loss=1"]
@@ -332,7 +321,7 @@ def test_the_query_is_chosen_in_the_sidebar(at, tmp_path):
     assert _tables(at)[1]["sample_id"].tolist() == other.harmful.tolist()
     assert other.harmful.tolist() != ex.rank_window(run, 0, run.n_steps, k=10).harmful.tolist()
 
-    only = _iris_run(tmp_path / "only", queries=("class_loss=0",), epochs=3, batch_size=16)
+    only = dit.load_run(record_iris(tmp_path / "only", queries=("class_loss=0",), epochs=3))
     at.text_input(key="picker_path").set_value(str(only.path)).run()
     _ok(at)
     assert at.session_state["run_path"] == str(only.path)

@@ -20,30 +20,15 @@ from scipy import stats
 
 import dit_core as dit
 from dit_core import explore as ex
-from dit_core.data import load_dataset
-from dit_core.models import build_model, describe_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_runs" / "digits_mlp_corrupt20"
 needs_sample = pytest.mark.skipif(not (SAMPLE / "manifest.json").exists(), reason="bundled sample run sample_runs/digits_mlp_corrupt20 is missing")
 RTOL, ATOL = 1e-6, 1e-12
 
 
-def _record_iris(out: Path, *, compute: bool = True) -> Path:
-    ds = load_dataset("iris", corruption_rate=0.2, corruption_seed=0)
-    desc = describe_model("logreg", ds.input_shape, ds.n_classes, seed=0)
-    path = dit.record(
-        build_model(**desc), (ds.X_train, ds.y_train), (ds.X_val, ds.y_val), dit.TrainConfig(epochs=6, batch_size=16, lr=0.1), out,
-        model_description={"kind": "builtin", **desc}, dataset_description=ds.describe(),
-        original_labels=ds.original_y_train, is_corrupted=ds.is_corrupted, progress=False,
-    )
-    if compute:
-        dit.compute(path, checkpoints="epochs", progress=False)
-    return Path(path)
-
-
 @pytest.fixture(scope="session")
-def iris_path(tmp_path_factory) -> Path:
-    return _record_iris(tmp_path_factory.mktemp("explore") / "iris")
+def iris_path(tmp_path_factory, record_iris) -> Path:
+    return record_iris(tmp_path_factory.mktemp("explore") / "iris")
 
 
 @pytest.fixture(scope="session")
@@ -115,8 +100,8 @@ def test_open_run_reports_bad_runs_clearly(tmp_path, iris_path):
         ex.open_run(garbage)
 
 
-def test_open_run_needs_influence(tmp_path):
-    path = _record_iris(tmp_path / "raw", compute=False)
+def test_open_run_needs_influence(tmp_path, record_iris):
+    path = record_iris(tmp_path / "raw", compute=False)
     with pytest.raises(dit.InfluenceNotComputedError, match="dit compute"):
         ex.open_run(path)
 
